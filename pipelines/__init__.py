@@ -1,0 +1,1 @@
+"""pipelines: one script per stage over Parquet files, each tracked as an MLflow run."""
