@@ -166,20 +166,18 @@ def _masked_logits(
     Computed in at least float32 whatever the input precision (bf16 matmul, fp32 softmax).
     """
     dtype = torch.promote_types(q.dtype, torch.float32)
-    logits = (q @ c.T).to(dtype) / temperature  # (b, C)
+    logits = ((q / temperature) @ c.T).to(dtype)  # (b, C); scaling q is cheaper than logits
+    # In-place from here: no autograd node saves these intermediate values.
     if bias is not None:
-        logits = logits - bias.to(dtype)
+        logits -= bias.to(dtype)
     rows = torch.arange(q.shape[0], device=q.device)
-    mask = None
     if ids is not None:
-        hits = ids[None, :] == ids[positives][:, None]  # (b, C') same id as row's positive
+        hits = ids[None, :] == ids[positives][:, None]  # (b, C') same id as the row's positive
         hits[rows, positives] = False
-        mask = F.pad(hits, (0, c.shape[0] - ids.shape[0]))
+        logits[:, : ids.shape[0]].masked_fill_(hits, -math.inf)
     if exclude is not None:
-        if mask is None:
-            mask = torch.zeros(logits.shape, dtype=torch.bool, device=q.device)
-        mask[rows, exclude] = True
-    return logits if mask is None else logits.masked_fill(mask, -math.inf)
+        logits[rows, exclude] = -math.inf
+    return logits
 
 
 def _softmax_nll(
@@ -238,7 +236,7 @@ class _ChunkedSoftmaxNLL(torch.autograd.Function):
         grad_bias = None if bias is None else torch.zeros(c.shape[0], dtype=dtype, device=c.device)
         for rows in _blocks(q.shape[0], chunk_size):
             logits = _block_logits(q, c, positives, temperature, bias, ids, exclude, rows)
-            g = torch.exp(logits - lse[rows, None])  # softmax; masked entries are exactly 0
+            g = logits.sub_(lse[rows, None]).exp_()  # softmax; masked entries are exactly 0
             g[torch.arange(g.shape[0], device=g.device), positives[rows]] -= 1.0
             g *= grad_losses[rows, None].to(dtype)  # (b, C) ∂loss/∂logits
             if grad_bias is not None:
