@@ -66,7 +66,9 @@ def info_nce(
         chunk_size: rows per block; never materialises the (B, B + M) logits.
         reduction: "mean", "sum" or "none" (per-row losses, shape (B,)).
 
-    Under `torch.distributed` candidates, log_q, ids and extras are gathered from all ranks.
+    Under `torch.distributed` candidates, log_q, ids and extras are gathered from all ranks
+    (every rank passes the same shapes); "mean" averages this rank's rows, and DDP's gradient
+    averaging turns that into the mean over the global batch.
     """
     _check_pair("queries", queries, "candidates", candidates, same_rows=True)
     _check_options(temperature, chunk_size, reduction)
