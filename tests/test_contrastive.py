@@ -318,10 +318,15 @@ def test_bfloat16_inputs_match_float32():
     g = torch.Generator().manual_seed(7)
     z1, z2 = torch.randn(2, 32, 16, generator=g)
     full = nt_xent(z1, z2)
+    (want,) = torch.autograd.grad(nt_xent(z1.requires_grad_(True), z2), z1)
     for chunk in (None, 10):
-        half = nt_xent(z1.bfloat16(), z2.bfloat16(), chunk_size=chunk)
-        assert half.dtype == torch.float32
+        h1 = z1.detach().bfloat16().requires_grad_(True)
+        half = nt_xent(h1, z2.bfloat16(), chunk_size=chunk)
+        assert half.dtype == torch.float32  # softmax in float32 whatever the inputs
         assert abs(half.item() - full.item()) < 0.05
+        (got,) = torch.autograd.grad(half, h1)
+        assert got.dtype == torch.bfloat16
+        assert (got.float() - want).norm() < 0.05 * want.norm()
 
 
 @pytest.mark.gpu

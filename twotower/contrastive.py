@@ -85,6 +85,8 @@ def info_nce(
         _check_vector("extra_candidate_ids", extra_candidate_ids, m, extra_candidates)
         if extra_candidate_ids is not None and candidate_ids is None:
             raise ValueError("extra_candidate_ids needs candidate_ids (the positives' ids)")
+    _check_finite(queries=queries, candidates=candidates, log_q=log_q,
+                  extra_candidates=extra_candidates, extra_log_q=extra_log_q)
 
     if normalize:
         queries, candidates = F.normalize(queries, dim=-1), F.normalize(candidates, dim=-1)
@@ -133,6 +135,7 @@ def nt_xent(
     """
     _check_pair("z1", z1, "z2", z2, same_rows=True)
     _check_options(temperature, chunk_size, reduction)
+    _check_finite(z1=z1, z2=z2)
     if normalize:
         z1, z2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
     n, total = z1.shape[0], z1.shape[0] * world_size()
@@ -213,6 +216,7 @@ class _ChunkedSoftmaxNLL(torch.autograd.Function):
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, q, c, positives, temperature, bias, ids, exclude, chunk_size):
         lse, losses = [], []
         for rows in _blocks(q.shape[0], chunk_size):
@@ -227,28 +231,27 @@ class _ChunkedSoftmaxNLL(torch.autograd.Function):
         return torch.cat(losses)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")  # recompute under the forward's autocast state
     def backward(ctx, grad_losses):
         q, c, positives, tau, bias, ids, exclude, lse = ctx.saved_tensors
         temperature = ctx.temperature if tau is None else tau
-        chunk_size = ctx.chunk_size
-        dtype = lse.dtype
-        q32, c32 = q.to(dtype), c.to(dtype)
-        grad_q = torch.empty_like(q32)
-        grad_c = torch.zeros_like(c32)
+        dtype = lse.dtype  # softmax and accumulation precision: float32 or float64
+        grad_q = torch.empty(q.shape, dtype=dtype, device=q.device)
+        grad_c = torch.zeros(c.shape, dtype=dtype, device=c.device)
         grad_bias = None if bias is None else torch.zeros(c.shape[0], dtype=dtype, device=c.device)
-        for rows in _blocks(q.shape[0], chunk_size):
+        for rows in _blocks(q.shape[0], ctx.chunk_size):
             logits = _block_logits(q, c, positives, temperature, bias, ids, exclude, rows)
             g = logits.sub_(lse[rows, None]).exp_()  # softmax; masked entries are exactly 0
             g[torch.arange(g.shape[0], device=g.device), positives[rows]] -= 1.0
             g *= grad_losses[rows, None].to(dtype)  # (b, C) ∂loss/∂logits
             if grad_bias is not None:
                 grad_bias -= g.sum(0)
-            g /= temperature  # ∂loss/∂sim
-            grad_q[rows] = g @ c32
-            grad_c += g.T @ q32[rows]
+            g = (g / temperature).to(q.dtype)  # ∂loss/∂sim; matmuls in the embeddings' precision
+            grad_q[rows] = g @ c
+            grad_c += g.T @ q[rows]
         grad_tau = None
         if ctx.needs_input_grad[3]:
-            grad_tau = (-(q32 * grad_q).sum() / temperature).reshape(temperature.shape)
+            grad_tau = (-(q.to(dtype) * grad_q).sum() / temperature).reshape(temperature.shape)
         return (
             grad_q.to(q.dtype) if ctx.needs_input_grad[0] else None,
             grad_c.to(c.dtype) if ctx.needs_input_grad[1] else None,
@@ -302,8 +305,6 @@ def _check_pair(name_a: str, a: Tensor, name_b: str, b: Tensor, *, same_rows: bo
             )
         if not x.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} contains NaN or infinite values")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"{name_a} and {name_b} differ in dimension: {a.shape[1]} vs {b.shape[1]}")
     if same_rows and a.shape[0] != b.shape[0]:
@@ -325,11 +326,25 @@ def _check_vector(name: str, v: Tensor | None, length: int, like: Tensor) -> Non
         raise ValueError(f"{name} must have shape ({length},), got {tuple(v.shape)}")
     if v.device != like.device:
         raise ValueError(f"{name} is on {v.device} but the embeddings are on {like.device}")
-    if v.is_floating_point():
-        if bool(torch.isnan(v).any()) or bool(torch.isposinf(v).any()):
-            raise ValueError(f"{name} contains NaN or +inf values")
-    elif name.endswith("log_q"):
+    if name.endswith("log_q") and not v.is_floating_point():
         raise ValueError(f"{name} must be floating point, got {v.dtype}")
+
+
+def _check_finite(**tensors: Tensor | None) -> None:
+    """Reject NaN or ±inf embeddings and NaN or +inf log_q (−inf is q = 0, clipped later).
+
+    All checks reduce to one flag vector, so a call costs one device synchronisation.
+    """
+    present = {name: t for name, t in tensors.items() if t is not None}
+    flags = torch.stack([
+        (torch.isnan(t) | torch.isposinf(t)).any() if name.endswith("log_q")
+        else ~torch.isfinite(t).all()
+        for name, t in present.items()
+    ])
+    if bool(flags.any()):
+        name = next(n for n, bad in zip(present, flags.tolist(), strict=True) if bad)
+        what = "NaN or +inf" if name.endswith("log_q") else "NaN or infinite"
+        raise ValueError(f"{name} contains {what} values")
 
 
 def _check_options(temperature: Temperature, chunk_size: int | None, reduction: str) -> None:
