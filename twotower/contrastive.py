@@ -246,7 +246,8 @@ class _ChunkedSoftmaxNLL(torch.autograd.Function):
             g *= grad_losses[rows, None].to(dtype)  # (b, C) ∂loss/∂logits
             if grad_bias is not None:
                 grad_bias -= g.sum(0)
-            g = (g / temperature).to(q.dtype)  # ∂loss/∂sim; matmuls in the embeddings' precision
+            g /= temperature  # ∂loss/∂sim
+            g = g.to(q.dtype)  # matmuls in the embeddings' precision (bf16 on tensor cores)
             grad_q[rows] = g @ c
             grad_c += g.T @ q[rows]
         grad_tau = None
