@@ -1,0 +1,52 @@
+"""DataError names where the problem is; atomic_path never leaves half an output."""
+
+from __future__ import annotations
+
+import pytest
+
+from twotower.files import DataError, atomic_path
+
+
+def test_data_error_names_file_column_and_value(tmp_path):
+    err = DataError("null id", path=tmp_path / "log.parquet", column="user_id", value=None)
+    assert str(err) == f"{tmp_path / 'log.parquet'}, column 'user_id': null id"
+    err = DataError("negative weight", path="a.csv", column="weight", value=-1.5)
+    assert str(err) == "a.csv, column 'weight': negative weight (e.g. -1.5)"
+    assert err.column == "weight" and err.value == -1.5 and err.path.name == "a.csv"
+    assert isinstance(err, ValueError)
+
+
+def test_atomic_file_replaces_only_on_success(tmp_path):
+    target = tmp_path / "sub" / "out.txt"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target
+        tmp.write_text("one")
+    assert target.read_text() == "one"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "one"
+    assert [p.name for p in target.parent.iterdir()] == ["out.txt"]
+
+
+def test_atomic_folder_swaps_whole_folders(tmp_path):
+    target = tmp_path / "prepared"
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "a.parquet").write_text("old")
+    with pytest.raises(ValueError), atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "b.parquet").write_text("partial")
+        raise ValueError("bad input found late")
+    assert sorted(p.name for p in target.iterdir()) == ["a.parquet"]
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "b.parquet").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["b.parquet"]
+    assert [p.name for p in tmp_path.iterdir()] == ["prepared"]
+
+
+def test_atomic_path_refuses_an_empty_write(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing was written"), atomic_path(tmp_path / "x"):
+        pass
+    assert not (tmp_path / "x").exists()
