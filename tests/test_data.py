@@ -1,0 +1,547 @@
+"""`twotower.data.prepare` against a naive pure-Python twin, on every source layout and bad input.
+
+The twin (`naive_prepare`) follows the written protocol with lists and dicts: dedup with a set,
+k-core by recounting until nothing changes, vocabularies by sorting id strings, the three
+split protocols and the history rule, one target at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from twotower.contrastive import LOG_Q_FLOOR
+from twotower.data import PROTOCOLS, PrepareConfig, prepare
+from twotower.files import DataError
+
+T0 = 1_700_000_000  # seconds since the epoch
+ML_RATINGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / (
+    "ratings.csv"
+)
+SMALL = {"min_user_interactions": 3, "min_item_interactions": 3}
+
+
+def random_log(seed: int = 0, rows: int = 600, users: int = 40, items: int = 30,
+               span: int = 400) -> pl.DataFrame:
+    """A skewed log with many timestamp ties and ~5% exact duplicates.
+
+    Skewed users and items leave some below k, so the k-core needs several rounds.
+    """
+    rng = np.random.default_rng(seed)
+    user = (users * rng.random(rows) ** 2).astype(int)
+    item = (items * rng.random(rows) ** 2).astype(int)
+    stamp = T0 + rng.integers(0, span, rows)
+    copies = rng.integers(0, rows, rows // 20)
+    return pl.DataFrame({
+        "user_id": [f"u{u}" for u in np.concatenate([user, user[copies]])],
+        "item_id": np.concatenate([item, item[copies]]),
+        "timestamp": np.concatenate([stamp, stamp[copies]]),
+        "extra": "kept but unused",
+    })
+
+
+def read(folder: Path) -> dict[str, pl.DataFrame]:
+    names = ("train", "valid", "test", "items", "users")
+    return {name: pl.read_parquet(folder / f"{name}.parquet") for name in names}
+
+
+def manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def assert_same_output(a: Path, b: Path) -> None:
+    left, right = read(a), read(b)
+    for name in left:
+        assert left[name].equals(right[name]), name
+
+
+# ---------------------------------------------------------------------------------------------
+# The naive twin.
+
+
+def naive_prepare(log: pl.DataFrame, config: PrepareConfig) -> dict:
+    """The protocol with plain Python: returns rows per split as tuples and the vocabularies.
+
+    train: (user, item, seconds, position); valid/test: (user, item, seconds, history).
+    """
+    rows = {(str(u), str(i), int(t)) for u, i, t in
+            log.select("user_id", "item_id", "timestamp").iter_rows()}  # dedup
+    while True:  # k-core
+        users = Counter(r[0] for r in rows)
+        items = Counter(r[1] for r in rows)
+        kept = {r for r in rows if users[r[0]] >= config.min_user_interactions
+                and items[r[1]] >= config.min_item_interactions}
+        if kept == rows:
+            break
+        rows = kept
+    user_ids = sorted({r[0] for r in rows})
+    item_ids = sorted({r[1] for r in rows})
+    uidx = {u: n for n, u in enumerate(user_ids)}
+    iidx = {i: n for n, i in enumerate(item_ids)}
+    seq: dict[int, list[tuple[int, int]]] = {}  # user → [(seconds, item)] in time, item order
+    for u, i, t in rows:
+        seq.setdefault(uidx[u], []).append((t, iidx[i]))
+    for events in seq.values():
+        events.sort()
+
+    part: dict[tuple[int, int], str] = {}  # (user, position in seq) → split
+    history_end: dict[tuple[int, int], int] = {}
+    if config.protocol == "temporal":
+        times = sorted(t for events in seq.values() for t, _ in events)
+        n = len(times)
+        t_valid = times[int((1 - config.valid_fraction - config.test_fraction) * n)]
+        t_test = times[int((1 - config.test_fraction) * n)]
+        for u, events in seq.items():
+            for p, (t, _) in enumerate(events):
+                part[u, p] = "train" if t < t_valid else "valid" if t < t_test else "test"
+                history_end[u, p] = min(q for q, (s, _) in enumerate(events) if s == t)
+    elif config.protocol == "leave_last_out":
+        for u, events in seq.items():
+            for p, (t, _) in enumerate(events):
+                last = len(events) - 1
+                part[u, p] = "test" if p == last else "valid" if p == last - 1 else "train"
+                history_end[u, p] = min(q for q, (s, _) in enumerate(events) if s == t)
+    else:
+        n_users = len(user_ids)
+        n_test = max(1, round(config.test_fraction * n_users))
+        n_valid = max(1, round(config.valid_fraction * n_users))
+        drawn = list(np.random.default_rng(config.seed).permutation(n_users))
+        held = {int(u): "test" for u in drawn[:n_test]}
+        held |= {int(u): "valid" for u in drawn[n_test:n_test + n_valid]}
+        for u, events in seq.items():
+            n = len(events)
+            fold_in = min(max(math.floor(config.fold_in_fraction * n + 0.5), 1), n - 1)
+            for p in range(n):
+                if u not in held:
+                    part[u, p] = "train"
+                else:
+                    part[u, p] = "fold_in" if p < fold_in else held[u]
+                    history_end[u, p] = fold_in
+
+    out: dict = {"train": [], "valid": [], "test": [], "user_ids": user_ids,
+                 "item_ids": item_ids, "history": {u: [] for u in range(len(user_ids))}}
+    for u, events in sorted(seq.items()):
+        for p, (t, i) in enumerate(events):
+            name = part[u, p]
+            if name == "train":
+                out["train"].append((u, i, t, len(out["history"][u])))
+                out["history"][u].append(i)
+            elif name in ("valid", "test"):
+                end = history_end[u, p]
+                window = [j for _, j in events[max(0, end - config.max_history):end]]
+                out[name].append((u, i, t, [j for j in window if j != i]))
+    out["count"] = Counter(i for _, i, _, _ in out["train"])
+    return out
+
+
+def as_tuples(frame: pl.DataFrame, last: str) -> list[tuple]:
+    return [
+        (u, i, t, list(h) if isinstance(h, list) else h)
+        for u, i, t, h in frame.select(
+            "user_index", "item_index", pl.col("timestamp").dt.epoch("s"), last
+        ).iter_rows()
+    ]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("max_history", [50, 3])
+def test_matches_naive_twin(tmp_path, protocol, max_history):
+    log = random_log(seed=1)
+    log.write_parquet(tmp_path / "log.parquet")
+    config = PrepareConfig(protocol=protocol, max_history=max_history, **SMALL)
+    out = read(prepare(tmp_path / "log.parquet", tmp_path / "out", config))
+    want = naive_prepare(log, config)
+
+    assert out["users"]["user_id"].to_list() == want["user_ids"]
+    assert out["items"]["item_id"].to_list() == want["item_ids"]
+    assert out["users"]["user_index"].to_list() == list(range(len(want["user_ids"])))
+    assert as_tuples(out["train"], "position") == want["train"]
+    assert as_tuples(out["valid"], "history") == want["valid"]
+    assert as_tuples(out["test"], "history") == want["test"]
+    assert out["users"]["history"].to_list() == [want["history"][u]
+                                                 for u in range(len(want["user_ids"]))]
+    counts = [want["count"][i] for i in range(len(want["item_ids"]))]
+    assert out["items"]["count"].to_list() == counts
+    total = sum(counts)
+    log_q = [math.log(c / total) if c else LOG_Q_FLOOR for c in counts]
+    assert out["items"]["log_q"].to_list() == pytest.approx(log_q, rel=1e-12)
+    assert out["items"]["cold"].to_list() == [c == 0 for c in counts]
+
+
+def test_kcore_is_a_fixed_point(tmp_path):
+    random_log(seed=0, rows=300).write_parquet(tmp_path / "log.parquet")
+    config = PrepareConfig(protocol="leave_last_out", min_user_interactions=5,
+                           min_item_interactions=6)
+    first = prepare(tmp_path / "log.parquet", tmp_path / "first", config)
+    rounds = manifest(first)["rows"]["kcore_rounds"]
+    assert len(rounds) >= 2, "the fixture should need several k-core rounds"
+
+    out = read(first)
+    kept = pl.concat([out[name].select("user_index", "item_index", "timestamp")
+                      for name in ("train", "valid", "test")])
+    assert kept.group_by("user_index").len()["len"].min() >= 5
+    assert kept.group_by("item_index").len()["len"].min() >= 6
+    # The kept log, written back with its ids, goes through the same k-core unchanged.
+    again = (kept.join(out["users"].select("user_index", "user_id"), on="user_index")
+             .join(out["items"].select("item_index", "item_id"), on="item_index")
+             .select("user_id", "item_id", "timestamp"))
+    again.write_parquet(tmp_path / "again.parquet")
+    second = prepare(tmp_path / "again.parquet", tmp_path / "second", config)
+    assert manifest(second)["rows"]["kcore_rounds"] == []
+    assert_same_output(first, second)
+
+
+def test_histories_never_hold_the_target_or_the_future(tmp_path):
+    random_log(seed=3, span=50).write_parquet(tmp_path / "log.parquet")  # many ties
+    for protocol in PROTOCOLS:
+        folder = prepare(tmp_path / "log.parquet", tmp_path / protocol,
+                         PrepareConfig(protocol=protocol, **SMALL))
+        out = read(folder)
+        every = pl.concat([out[n].select("user_index", "item_index", "timestamp")
+                           for n in ("train", "valid", "test")])
+        seen = {}  # (user, item) → earliest time
+        for u, i, t in every.iter_rows():
+            seen[u, i] = min(t, seen.get((u, i), t))
+        for name in ("valid", "test"):
+            for u, i, t, history in out[name].select(
+                "user_index", "item_index", "timestamp", "history"
+            ).iter_rows():
+                assert i not in history
+                if protocol != "holdout_users":  # fold-in rows are in no split file
+                    assert all(seen[u, j] < t for j in history)
+
+
+def test_temporal_split_respects_the_cut_and_marks_cold_items(tmp_path):
+    log = random_log(seed=4)
+    # Two items arrive only at the very end: they must be cold but still in the vocabulary.
+    late = pl.DataFrame({"user_id": ["u0", "u1", "u2", "u3"] * 2, "item_id": [98] * 4 + [99] * 4,
+                         "timestamp": [T0 + 10_000] * 8, "extra": "x"})
+    pl.concat([log, late]).write_parquet(tmp_path / "log.parquet")
+    folder = prepare(tmp_path / "log.parquet", tmp_path / "out", PrepareConfig(**SMALL))
+    out, info = read(folder), manifest(folder)
+    train, valid, test = (out[n]["timestamp"] for n in ("train", "valid", "test"))
+    assert train.max() < valid.min() <= valid.max() < test.min()
+    cut = np.datetime64(info["cuts"]["valid"])
+    assert str(valid.min()) == str(cut.astype("datetime64[us]").item()).replace("T", " ")
+    items = out["items"]
+    cold_by_time = items.filter(pl.col("first_seen") >= valid.min())["item_index"].to_list()
+    assert items.filter("cold")["item_index"].to_list() == cold_by_time
+    assert {"98", "99"} <= set(items.filter("cold")["item_id"].to_list())
+    assert items.filter("cold")["log_q"].to_list() == [LOG_Q_FLOOR] * len(cold_by_time)
+    assert info["cold_items"] == len(cold_by_time)
+
+
+def test_holdout_users_are_disjoint_and_folded_in(tmp_path):
+    random_log(seed=5, rows=1500, users=60).write_parquet(tmp_path / "log.parquet")
+    config = PrepareConfig(protocol="holdout_users", fold_in_fraction=0.6, max_history=1000,
+                           **SMALL)
+    folder = prepare(tmp_path / "log.parquet", tmp_path / "out", config)
+    out, info = read(folder), manifest(folder)
+    train = set(out["train"]["user_index"])
+    valid, test = set(out["valid"]["user_index"]), set(out["test"]["user_index"])
+    assert not train & valid and not train & test and not valid & test
+    assert len(valid) == info["held_out_users"]["valid"] == round(0.1 * info["users"])
+    held = out["users"].filter(pl.col("user_index").is_in(sorted(valid | test)))
+    assert held["history"].list.len().max() == 0  # no training sequence for held-out users
+    assert info["rows"]["fold_in"] > 0
+
+
+def test_train_position_indexes_the_user_history(tmp_path):
+    random_log(seed=6).write_parquet(tmp_path / "log.parquet")
+    out = read(prepare(tmp_path / "log.parquet", tmp_path / "out", PrepareConfig(**SMALL)))
+    history = dict(out["users"].select("user_index", "history").iter_rows())
+    for u, i, p in out["train"].select("user_index", "item_index", "position").iter_rows():
+        assert history[u][p] == i
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: layouts, id types, order.
+
+
+def test_every_source_layout_gives_the_same_folder(tmp_path):
+    log = random_log(seed=7)
+    log.write_parquet(tmp_path / "one.parquet")
+    parts = tmp_path / "parts"
+    hive = tmp_path / "hive"
+    parts.mkdir()
+    for n, chunk in enumerate(log.iter_slices(250)):
+        chunk.write_parquet(parts / f"part-{n}.parquet")
+        (hive / f"day={n}").mkdir(parents=True)
+        chunk.write_parquet(hive / f"day={n}" / "data.parquet")
+    for folder in (parts, hive):  # what Spark and Hadoop leave beside the data
+        (folder / "_SUCCESS").touch()
+        (folder / ".part-0.parquet.crc").write_bytes(b"junk")
+    log.write_csv(tmp_path / "log.csv")
+    config = PrepareConfig(**SMALL)
+    reference = prepare(tmp_path / "one.parquet", tmp_path / "out-file", config)
+    for name, source in [("folder", parts), ("hive", hive), ("glob", parts / "*.parquet"),
+                         ("csv", tmp_path / "log.csv")]:
+        folder = prepare(source, tmp_path / f"out-{name}", config)
+        assert_same_output(reference, folder)
+    assert len(manifest(tmp_path / "out-glob")["files"]) == 3
+
+
+def test_int_and_string_ids_share_one_path(tmp_path):
+    log = random_log(seed=8)
+    log.write_parquet(tmp_path / "int.parquet")  # item_id is an integer column
+    log.with_columns(pl.col("item_id").cast(pl.String)).write_parquet(tmp_path / "str.parquet")
+    config = PrepareConfig(**SMALL)
+    assert_same_output(prepare(tmp_path / "int.parquet", tmp_path / "a", config),
+                       prepare(tmp_path / "str.parquet", tmp_path / "b", config))
+
+
+def test_vocabularies_ignore_file_and_row_order(tmp_path):
+    log = random_log(seed=9)
+    config = PrepareConfig(**SMALL)
+    reference = prepare(_write_parts(log, tmp_path / "a", order=[0, 1, 2]), tmp_path / "oa",
+                        config)
+    shuffled = log.sample(fraction=1.0, shuffle=True, seed=3)
+    other = prepare(_write_parts(shuffled, tmp_path / "b", order=[2, 0, 1]), tmp_path / "ob",
+                    config)
+    assert_same_output(reference, other)
+    again = prepare(_write_parts(log, tmp_path / "a", order=[0, 1, 2]), tmp_path / "oc", config)
+    assert_same_output(reference, again)
+
+
+def _write_parts(log: pl.DataFrame, folder: Path, order: list[int]) -> Path:
+    """The log as three files whose names sort in `order`."""
+    folder.mkdir(exist_ok=True)
+    size = -(-log.height // 3)
+    for name, n in zip("xyz", order, strict=True):
+        log.slice(n * size, size).write_parquet(folder / f"{name}.parquet")
+    return folder
+
+
+def test_timestamp_types_agree(tmp_path):
+    log = random_log(seed=10)
+    log.write_parquet(tmp_path / "seconds.parquet")
+    stamps = log.with_columns(pl.from_epoch("timestamp", time_unit="s"))
+    variants = {
+        "datetime": stamps,
+        "zoned": stamps.with_columns(
+            pl.col("timestamp").dt.replace_time_zone("UTC").dt.convert_time_zone("Asia/Tokyo")
+        ),
+        "string": stamps.with_columns(pl.col("timestamp").dt.to_string("%Y-%m-%dT%H:%M:%S")),
+    }
+    config = PrepareConfig(**SMALL)
+    reference = prepare(tmp_path / "seconds.parquet", tmp_path / "o-seconds", config)
+    for name, frame in variants.items():
+        frame.write_parquet(tmp_path / f"{name}.parquet")
+        assert_same_output(reference, prepare(tmp_path / f"{name}.parquet", tmp_path / f"o-{name}",
+                                              config))
+
+
+def test_every_sort_path_gives_the_same_folder(tmp_path):
+    """Packed (user, time, item) key; packed (user, time) key and argsort, taken when a weight
+    column must move too; polars' sort, taken when user and time need more than 64 bits."""
+    log = random_log(seed=14)
+    variants = {
+        "packed": log,
+        "argsort": log.with_columns(weight=pl.lit(1.0)),
+        "polars": log.with_columns(  # ~28,000 years in µs: 60 bits of time, 6 of user
+            pl.from_epoch((pl.col("timestamp") - T0) * 2**51, time_unit="us")
+        ),
+    }
+    config = PrepareConfig(protocol="leave_last_out", **SMALL)
+    outputs = {}
+    for name, frame in variants.items():
+        frame.write_parquet(tmp_path / f"{name}.parquet")
+        out = read(prepare(tmp_path / f"{name}.parquet", tmp_path / name, config))
+        outputs[name] = {key: table.drop("timestamp", "first_seen", strict=False)
+                         for key, table in out.items()}
+    for name in ("argsort", "polars"):
+        for key, table in outputs[name].items():
+            assert table.equals(outputs["packed"][key]), (name, key)
+
+
+def test_column_mapping_events_and_weights(tmp_path):
+    log = random_log(seed=11).rename({"user_id": "visitor", "item_id": "sku"})
+    events = np.array(["view", "cart", "buy"])[np.arange(log.height) % 3]
+    log = log.with_columns(event=pl.Series(events), weight=pl.lit(2.0))
+    log.write_parquet(tmp_path / "log.parquet")
+    config = PrepareConfig(columns={"visitor": "user_id", "sku": "item_id"},
+                           events=["cart", "buy"], event_weights={"buy": 3.0, "view": 9.0},
+                           min_user_interactions=1, min_item_interactions=1)
+    folder = prepare(tmp_path / "log.parquet", tmp_path / "out", config)
+    rows = manifest(folder)["rows"]
+    unique = log.unique(subset=["visitor", "sku", "timestamp", "event", "weight"])
+    assert rows["dedup"] == unique.height
+    assert rows["event_filter"] == unique.filter(pl.col("event") != "view").height
+    out = read(folder)
+    weights = pl.concat([out[n]["weight"] for n in ("train", "valid", "test")])
+    assert sorted(set(weights.to_list())) == [2.0, 6.0]  # cart 2·1, buy 2·3
+    assert (weights == 6.0).sum() == unique.filter(pl.col("event") == "buy").height
+
+
+def test_duplicates_need_equal_event_and_weight(tmp_path):
+    log = pl.DataFrame({"user_id": ["a"] * 4, "item_id": [1] * 4, "timestamp": [T0] * 4,
+                        "event": ["view", "view", "buy", "view"], "weight": [1.0, 1.0, 1.0, 0.5]})
+    log.write_parquet(tmp_path / "log.parquet")
+    config = PrepareConfig(protocol="leave_last_out", min_user_interactions=1,
+                           min_item_interactions=1)
+    folder = prepare(tmp_path / "log.parquet", tmp_path / "out", config)
+    assert manifest(folder)["rows"]["dedup"] == 3
+
+
+def test_manifest_counts_every_step_and_log_receives_them(tmp_path):
+    random_log(seed=0, rows=300).write_parquet(tmp_path / "log.parquet")
+    seen: list[tuple[dict, int]] = []
+    config = PrepareConfig(min_user_interactions=5, min_item_interactions=6)
+    folder = prepare(tmp_path / "log.parquet", tmp_path / "out", config,
+                     log=lambda metrics, step: seen.append((dict(metrics), step)))
+    info = manifest(folder)
+    rows = info["rows"]
+    assert rows["read"] == 315 and rows["dedup"] < rows["read"]
+    assert rows["kcore"] == rows["kcore_rounds"][-1] == rows["train"] + rows["valid"] + rows[
+        "test"]
+    assert info["dropped"] == {"dedup": rows["read"] - rows["dedup"], "event_filter": 0,
+                               "kcore": rows["event_filter"] - rows["kcore"]}
+    assert info["schema_version"] == 1 and info["protocol"] == "temporal"
+    assert info["config"]["min_item_interactions"] == 6
+    logged = {k: v for metrics, _ in seen for k, v in metrics.items()}
+    assert logged["rows/read"] == rows["read"] and logged["rows/test"] == rows["test"]
+    kcore_steps = [(m["rows/kcore"], s) for m, s in seen if "rows/kcore" in m]
+    assert kcore_steps == [(n, s) for s, n in enumerate(rows["kcore_rounds"], start=1)]
+    for name in ("train", "valid", "test"):
+        schema = pl.read_parquet_schema(folder / f"{name}.parquet")
+        assert schema["user_index"] == pl.Int32 and schema["item_index"] == pl.Int32
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: DataError naming file, column and value, and nothing written.
+
+
+def _bad(tmp_path: Path, frame: pl.DataFrame, config: PrepareConfig | None = None,
+         name: str = "log.parquet") -> DataError:
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        frame.write_csv(path)
+    else:
+        frame.write_parquet(path)
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(DataError) as caught:
+        prepare(path, tmp_path / "out", config)
+    assert sorted(tmp_path.iterdir()) == before  # no out dir, no temporary sibling
+    return caught.value
+
+
+def _log(**columns) -> pl.DataFrame:
+    base = {"user_id": ["a", "b", "c"], "item_id": [1, 2, 3], "timestamp": [T0, T0 + 1, T0 + 2]}
+    return pl.DataFrame({**base, **columns})
+
+
+@pytest.mark.parametrize(("frame", "column", "value"), [
+    (_log(user_id=[1.5, 2.5, 3.5]), "user_id", "1.5"),
+    (_log(item_id=[1.0, 2.0, 3.0]), "item_id", "1.0"),
+    (_log(timestamp=[1.7e9, 1.7e9, 1.7e9]), "timestamp", "1700000000.0"),
+    (_log(timestamp=["2024-01-01", "2024-01-02", "soon"]), "timestamp", "'soon'"),
+    (_log(user_id=["a", None, "c"]), "user_id", "null id"),
+    (_log(item_id=["x", "", "z"]), "item_id", "''"),
+    (_log(timestamp=[T0, None, T0]), "timestamp", "null or unparseable"),
+    (_log(weight=[1.0, -2.0, 1.0]), "weight", "-2.0"),
+    (_log(weight=[1.0, float("nan"), 1.0]), "weight", "nan"),
+    (_log(event=[1, 2, 3]), "event", "1"),
+])
+def test_bad_values_raise_naming_file_column_and_value(tmp_path, frame, column, value):
+    error = _bad(tmp_path, frame)
+    assert "log.parquet" in str(error) and f"column {column!r}" in str(error)
+    assert value in str(error)
+    assert error.column == column
+
+
+def test_missing_column_names_the_file_and_the_mapping(tmp_path):
+    error = _bad(tmp_path, _log().drop("timestamp"))
+    assert "log.parquet" in str(error) and "'timestamp'" in str(error)
+    error = _bad(tmp_path, _log().drop("user_id"), PrepareConfig(columns={"visitor": "user_id"}))
+    assert "renamed from 'visitor'" in str(error)
+    error = _bad(tmp_path, _log(), PrepareConfig(events=["buy"]))
+    assert error.column == "event"
+
+
+def test_bad_value_in_one_of_many_files_names_that_file(tmp_path):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    _log().write_parquet(folder / "a.parquet")
+    _log(user_id=["d", None, "f"]).write_parquet(folder / "b.parquet")
+    with pytest.raises(DataError, match=r"b\.parquet, column 'user_id': null id"):
+        prepare(folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_csv_value_names_the_csv(tmp_path):
+    error = _bad(tmp_path, _log(user_id=[1.5, 2.5, 3.5]), name="log.csv")
+    assert "log.csv" in str(error) and "1.5" in str(error)
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    (PrepareConfig(), "k-core 5/5 left no interactions"),
+    (PrepareConfig(events=["buy"], min_user_interactions=1, min_item_interactions=1),
+     "event filter ['buy'] left no interactions"),
+    (PrepareConfig(protocol="leave_last_out", min_user_interactions=1, min_item_interactions=1),
+     "leave_last_out split left no training interactions"),
+])
+def test_empty_results_name_the_filter(tmp_path, config, message):
+    frame = _log(event=["view", "view", "cart"])
+    error = _bad(tmp_path, frame, config)
+    assert message in str(error)
+
+
+def test_missing_source_and_failed_rerun_keep_the_old_folder(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        prepare(tmp_path / "nope.parquet", tmp_path / "out")
+    random_log(seed=13).write_parquet(tmp_path / "log.parquet")
+    folder = prepare(tmp_path / "log.parquet", tmp_path / "out", PrepareConfig(**SMALL))
+    before = read(folder)
+    _log(user_id=["a", None, "c"]).write_parquet(tmp_path / "log.parquet")
+    with pytest.raises(DataError):
+        prepare(tmp_path / "log.parquet", folder, PrepareConfig(**SMALL))
+    assert all(before[n].equals(after) for n, after in read(folder).items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.parquet", "out"]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"protocol": "random"}, "'random'.*temporal, leave_last_out, holdout_users"),
+    ({"min_user_interactions": 0}, "min_user_interactions"),
+    ({"max_history": 0}, "max_history"),
+    ({"valid_fraction": 1.2}, "valid_fraction"),
+    ({"valid_fraction": 0.6, "test_fraction": 0.5}, "valid_fraction \\+ test_fraction"),
+    ({"fold_in_fraction": 1.0}, "fold_in_fraction"),
+    ({"event_weights": {"buy": -1.0}}, "event_weights"),
+    ({"columns": {"a": "user_id", "b": "user_id"}}, "two source columns"),
+])
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PrepareConfig(**kwargs)
+    if "protocol" in kwargs:
+        with pytest.raises(DataError):
+            PrepareConfig(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real data: MovieLens latest-small.
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_movielens_small(tmp_path, protocol):
+    if not ML_RATINGS.exists():
+        pytest.skip(f"MovieLens ratings {ML_RATINGS} is absent")
+    config = PrepareConfig(protocol=protocol,
+                           columns={"userId": "user_id", "movieId": "item_id"})
+    folder = prepare(ML_RATINGS, tmp_path / protocol, config)
+    info, out = manifest(folder), read(folder)
+    assert info["rows"]["read"] == 100_836
+    assert info["users"] == out["users"].height and info["items"] == out["items"].height
+    kept = pl.concat([out[n].select("user_index", "item_index") for n in ("train", "valid",
+                                                                          "test")])
+    if protocol != "holdout_users":
+        assert kept.height == info["rows"]["kcore"]
+        assert kept.group_by("user_index").len()["len"].min() >= 5
+    assert out["items"]["count"].sum() == out["train"].height
+    if protocol == "leave_last_out":
+        assert out["valid"].height == out["test"].height == info["users"]

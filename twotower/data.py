@@ -1,0 +1,932 @@
+"""Interaction logs → a prepared folder: validation, k-core, vocabularies, splits, histories.
+
+`prepare(source, out_dir, config)` turns a raw log (`user_id`, `item_id`, `timestamp`, optional
+`event` and `weight`) into the folder the trainer and the evaluator read (DESIGN.md):
+
+    read + validate   polars' lazy engine, streaming: one pass collects the distinct ids,
+                      a second joins them to integer codes, so strings are never held per row
+    sort              by (user, time, item): duplicates become neighbours, sequences appear
+    dedup             drop exact duplicates (same user, item, timestamp, event and weight)
+    event filter      keep only the listed events; event weights multiply the row weight
+    k-core            drop users and items with too few interactions, until a fixed point
+    vocabularies      contiguous user_index / item_index in sorted-id order (deterministic)
+    split             temporal | leave_last_out | holdout_users (Liang et al. 2018)
+    statistics        item counts and log_q from the training split only
+    histories         per user (training) and per evaluation target (valid / test)
+
+Ids are compared as strings: the vocabularies hold every id cast to a string and sorted, so int
+and string ids take one path, and the same log gives the same indices whatever its file or row
+order. Timestamps are stored as UTC datetimes in microseconds (int input is seconds since the
+epoch; time zones are converted to UTC). Steps on the encoded log are numpy over integer
+columns, which is what keeps 100 million rows in a few GiB.
+
+Output folder:
+    train.parquet   user_index, item_index, timestamp, weight, position (index of the row in
+                    the user's time-ordered training sequence: its history is
+                    users.history[:position])
+    valid.parquet,  user_index, item_index, timestamp, weight, history (the target's user
+    test.parquet    history: at most `max_history` most recent interactions strictly before
+                    the target in time, or the fold-in items for holdout_users, with any
+                    interaction with the target item itself removed)
+    items.parquet   item_id, item_index, count, log_q, first_seen, cold (no training row)
+    users.parquet   user_id, user_index, history (time-ordered training item_index list)
+    manifest.json   schema version, protocol, resolved config, row counts per step, sources
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from twotower.contrastive import LOG_Q_FLOOR
+from twotower.files import DataError, atomic_path
+
+__all__ = ["PROTOCOLS", "SCHEMA_VERSION", "PrepareConfig", "prepare"]
+
+SCHEMA_VERSION = 1
+PROTOCOLS = ("temporal", "leave_last_out", "holdout_users")
+REQUIRED = ("user_id", "item_id", "timestamp")
+Log = Callable[[Mapping[str, float], int], None]
+
+_TRAIN, _VALID, _TEST, _FOLD_IN = 0, 1, 2, 3
+_FILE = "__source_file__"  # column polars fills with each row's file, on the error path only
+_BLOCK_ROWS = 1 << 20  # rows per written block (Parquet row group)
+_BLOCK_TARGETS = 1 << 16  # valid/test targets per block: ≤ 2^16 · max_history history entries
+_US = 1_000_000  # microseconds per second
+_HIDDEN = (".", "_")  # file name prefixes a folder scan skips (.crc, _SUCCESS, ...)
+
+
+@dataclass
+class PrepareConfig:
+    """How `prepare` filters, splits and summarises an interaction log."""
+
+    protocol: str = "temporal"
+    """Split protocol: "temporal", "leave_last_out" or "holdout_users" (DESIGN.md)."""
+    min_user_interactions: int = 5
+    """k-core: every kept user has at least this many interactions (rows, after dedup)."""
+    min_item_interactions: int = 5
+    """k-core: every kept item has at least this many interactions."""
+    valid_fraction: float = 0.1
+    """temporal: share of interactions after the valid cut; holdout_users: share of users."""
+    test_fraction: float = 0.1
+    """temporal: share of interactions after the test cut; holdout_users: share of users."""
+    fold_in_fraction: float = 0.8
+    """holdout_users: share of a held-out user's interactions (earliest first) given as history."""
+    max_history: int = 50
+    """Most recent interactions kept in a valid/test target's history."""
+    seed: int = 0
+    """Seed of the held-out user draw (holdout_users)."""
+    events: tuple[str, ...] | None = None
+    """Keep only rows whose `event` is one of these; None keeps every row."""
+    event_weights: dict[str, float] | None = None
+    """event → factor on the row weight (1.0 for events not listed); None leaves weights."""
+    columns: dict[str, str] | None = None
+    """Source column → contract column renames, e.g. {"userId": "user_id"}."""
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise DataError(
+                f"unknown split protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}"
+            )
+        for name in ("min_user_interactions", "min_item_interactions", "max_history"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
+        for name in ("valid_fraction", "test_fraction", "fold_in_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+        if self.valid_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"valid_fraction + test_fraction must be < 1 to leave a training split, got "
+                f"{self.valid_fraction} + {self.test_fraction}"
+            )
+        if self.events is not None:
+            if isinstance(self.events, str) or not self.events:
+                raise ValueError(f"events must be a non-empty list of names, got {self.events!r}")
+            self.events = tuple(str(e) for e in self.events)
+        if self.event_weights is not None:
+            self.event_weights = {str(k): float(v) for k, v in self.event_weights.items()}
+            bad = {k: v for k, v in self.event_weights.items() if not math.isfinite(v) or v < 0}
+            if bad:
+                raise ValueError(f"event_weights must be finite and ≥ 0, got {bad}")
+        if self.columns is not None:
+            self.columns = {str(k): str(v) for k, v in self.columns.items()}
+            targets = list(self.columns.values())
+            if len(set(targets)) != len(targets):
+                raise ValueError(f"columns maps two source columns to one name: {self.columns}")
+
+
+def prepare(
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: PrepareConfig | None = None,
+    *,
+    log: Log | None = None,
+) -> Path:
+    """Validate, filter and split an interaction log into a prepared folder; return its path.
+
+    source: a Parquet file, a folder of Parquet files (hive partitions too), a glob, or a CSV.
+    Ids are cast to strings for the vocabularies, so int and string ids share one path.
+    `log(metrics, step)` receives the row count after each step (`rows/read`, `rows/dedup`,
+    `rows/event_filter`, `rows/kcore` at step = round, `rows/train|valid|test`) and the sizes.
+    Raises `DataError` naming the file, column and a bad value; on error nothing is written.
+    The folder is written to a temporary sibling and renamed into place.
+    """
+    config = config or PrepareConfig()
+    report = log or (lambda metrics, step: None)
+    data, vocab, files = _read(source, config)
+    rows = _filter(data, vocab.events, config, source, report)
+    data.user, user_codes = _contiguous(data.user)
+    data.item, item_codes = _contiguous(data.item)
+    user_ids, item_ids = vocab.users[user_codes], vocab.items[item_codes]
+
+    split = _split(data, len(user_ids), config, source)
+    train = np.flatnonzero(split.part == _TRAIN)
+    targets = {name: np.flatnonzero(split.part == part)
+               for name, part in (("valid", _VALID), ("test", _TEST))}
+    counts = _counts(data.item[train], len(item_ids))  # (I,) training rows per item
+    train_starts = _user_starts(data.user[train], len(user_ids))
+    rows.update(train=train.size, **{name: t.size for name, t in targets.items()})
+    if split.fold_in_end is not None:
+        rows["fold_in"] = int(np.count_nonzero(split.part == _FOLD_IN))
+    report({f"rows/{name}": rows[name] for name in ("train", "valid", "test")}, 0)
+    sizes = {
+        "users": len(user_ids),
+        "train_users": int(np.count_nonzero(np.diff(train_starts))),
+        "items": len(item_ids),
+        "cold_items": int(np.count_nonzero(counts == 0)),
+    }
+    report(sizes, 0)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "protocol": config.protocol,
+        "config": dataclasses.asdict(config),
+        "source": os.fspath(source),
+        "files": [os.fspath(f) for f in files],
+        "rows": rows,
+        "dropped": {
+            "dedup": rows["read"] - rows["dedup"],
+            "event_filter": rows["dedup"] - rows["event_filter"],
+            "kcore": rows["event_filter"] - rows["kcore"],
+        },
+        **sizes,
+        **split.extra,
+    }
+    tables = {  # name → a function making its table(s), called by the thread that writes it
+        "train": partial(_train_blocks, data, train, train_starts),
+        **{name: partial(_target_blocks, data, rows_, _history_ends(data, split, rows_),
+                         max_history=config.max_history)
+           for name, rows_ in targets.items()},
+        "items": partial(_item_table, item_ids, counts,
+                         _first_seen(data.item, data.time, len(item_ids))),
+        "users": partial(_user_table, user_ids, train_starts, data.item, train),
+    }
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        with ThreadPoolExecutor(max_workers=2) as pool:  # Parquet encoding releases the GIL
+            jobs = [pool.submit(_write, tmp / f"{name}.parquet", make)
+                    for name, make in tables.items()]
+            for job in jobs:
+                job.result()
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return Path(out_dir)
+
+
+def _filter(
+    data: _EncodedLog, events: list[str] | None, config: PrepareConfig,
+    source: str | os.PathLike[str], report: Log,
+) -> dict[str, object]:
+    """Sort, drop exact duplicates, apply the event filter and the k-core, in place.
+
+    Returns the row count after each step (and after each k-core round), also sent to
+    `report`; raises DataError naming the filter that leaves no rows.
+    """
+    rows: dict[str, object] = {"read": data.size}
+    report({"rows/read": data.size}, 0)
+    _sort_by_user_time(data)
+    ties = _tie_runs(data.user, data.time)
+    if ties.size:
+        data.reorder(ties, np.lexsort([c[ties] for c in reversed(data.keys())]))
+        duplicates = _duplicates(data.keys(), ties)
+        if duplicates.size:
+            data.keep(_without(data.size, duplicates))
+    rows["dedup"] = data.size
+    report({"rows/dedup": data.size}, 0)
+
+    _apply_events(data, events, config, source)
+    rows["event_filter"] = data.size
+    report({"rows/event_filter": data.size}, 0)
+
+    kept, rounds = _kcore(
+        data.user, data.item,
+        min_user=config.min_user_interactions, min_item=config.min_item_interactions,
+    )
+    for step, count in enumerate(rounds, start=1):
+        report({"rows/kcore": count}, step)
+    if rounds and rounds[-1] == 0:
+        raise DataError(
+            f"k-core {config.min_user_interactions}/{config.min_item_interactions} left no "
+            f"interactions (of {data.size} after the earlier filters)",
+            path=source,
+        )
+    if rounds:
+        data.keep(kept)
+    rows["kcore"] = data.size
+    rows["kcore_rounds"] = rounds
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and validation: polars' lazy engine over the files, strings never held per row.
+
+
+@dataclass
+class _Vocab:
+    """Distinct ids as sorted strings; a row's code is its id's position here."""
+
+    users: np.ndarray  # (U,) object: str
+    items: np.ndarray  # (I,) object: str
+    events: list[str] | None
+
+
+def _read(
+    source: str | os.PathLike[str], config: PrepareConfig
+) -> tuple[_EncodedLog, _Vocab, list[Path]]:
+    """Validate the log and encode it: (integer columns, vocabularies, files read).
+
+    Two streaming passes: the distinct ids (sorted as strings into vocabularies), then the log
+    joined to their codes, so no string column is ever held per row.
+    """
+    lf, files = _scan(source, config.columns)
+    schema = _checked_schema(lf, source, config)
+
+    def located(predicate: pl.Expr, column: str, message: str) -> DataError:
+        return _locate(source, config.columns, predicate, column, message)
+
+    keys = [_id_expr(name, schema[name]) for name in ("user_id", "item_id")]
+    queries = [lf.select(pl.len()), *(lf.select(key).unique() for key in keys)]
+    if "event" in schema:
+        queries.append(lf.select(pl.col("event").cast(pl.String)).unique())
+    distinct = _collect_all(queries, source)
+    n_rows = distinct[0].item()
+    if n_rows == 0:
+        raise DataError("the log has no rows", path=source)
+    vocab_frames = []
+    for name, values in zip(("user_id", "item_id"), distinct[1:3], strict=True):
+        if values[name].null_count():
+            raise located(pl.col(name).is_null(), name, "null id")
+        text = values.select(pl.col(name).alias("key"), pl.col(name).cast(pl.String).alias("id"))
+        if (text["id"].str.len_bytes() == 0).any():
+            raise located(pl.col(name).cast(pl.String) == "", name, "empty id")
+        vocab_frames.append(text.sort("id").with_row_index("code"))
+    users, items = vocab_frames
+    events = sorted(distinct[3]["event"].drop_nulls().to_list()) if "event" in schema else None
+
+    columns = {"user_id": keys[0], "item_id": keys[1],
+               "time": _time_expr(schema["timestamp"])}
+    dtypes = {"user": np.uint32, "item": np.uint32, "time": np.int64}
+    if "weight" in schema:
+        columns["weight"] = pl.col("weight").cast(pl.Float64)
+        dtypes["weight"] = np.float64
+    if events is not None:
+        columns["event"] = (pl.col("event").cast(pl.String).cast(pl.Enum(events)).to_physical()
+                            .cast(pl.UInt32).fill_null(len(events)))  # null: code len(events)
+        dtypes["event"] = np.uint32
+    encoded = (
+        lf.select(**columns)
+        .join(users.lazy().select(user_id="key", user=pl.col("code").cast(pl.UInt32)),
+              on="user_id")
+        .join(items.lazy().select(item_id="key", item=pl.col("code").cast(pl.UInt32)),
+              on="item_id")
+        .select(*dtypes)
+    )
+    # Batches are copied straight into preallocated columns: no per-row frame is ever held.
+    arrays = {name: np.empty(n_rows, dtype=dtype) for name, dtype in dtypes.items()}
+    filled = 0
+    try:
+        for batch in encoded.collect_batches(maintain_order=False, engine="streaming"):
+            if batch["time"].null_count():
+                bad = pl.col("timestamp").is_null() | _time_expr(schema["timestamp"]).is_null()
+                raise located(bad, "timestamp", "null or unparseable timestamp")
+            if "weight" in dtypes and not batch.select(_good_weight()).to_series().all():
+                raise located(~_good_weight(), "weight",
+                              "null, non-finite or negative weight")
+            for name, column in arrays.items():
+                column[filled:filled + batch.height] = batch[name].to_numpy()
+            filled += batch.height
+    except pl.exceptions.PolarsError as err:
+        raise DataError(f"cannot read: {_first_line(err)}", path=source) from err
+    vocab = _Vocab(users["id"].to_numpy(), items["id"].to_numpy(), events)
+    return _EncodedLog(**arrays), vocab, files
+
+
+def _good_weight() -> pl.Expr:
+    """True for a finite weight ≥ 0; False for null, NaN, ±inf or negative."""
+    weight = pl.col("weight").cast(pl.Float64)
+    return (weight.is_finite() & (weight >= 0)).fill_null(False)
+
+
+def _scan(
+    source: str | os.PathLike[str], columns: Mapping[str, str] | None, *, file_column: bool = False
+) -> tuple[pl.LazyFrame, list[Path]]:
+    """Lazy scan of a Parquet file, folder (hive partitions too) or glob, or of CSV file(s).
+
+    Returns the scan, renamed by `columns`, and the files it reads.
+    """
+    text = os.fspath(source)
+    path = Path(text)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet")
+                       if p.is_file() and not p.name.startswith(_HIDDEN))
+    elif glob.has_magic(text):
+        files = sorted(Path(p) for p in glob.glob(text, recursive=True)
+                       if Path(p).is_file() and not Path(p).name.startswith(_HIDDEN))
+    elif path.is_file():
+        files = [path]
+    else:
+        raise DataError("no such file or folder", path=text)
+    if not files:
+        raise DataError("no Parquet files found", path=text)
+    paths = _FILE if file_column else None
+    csv = {f.suffix.lower() == ".csv" for f in files}
+    if len(csv) > 1:
+        raise DataError("mixes CSV and Parquet files; use one format", path=text)
+    try:
+        if csv.pop():
+            lf = pl.scan_csv([str(f) for f in files], try_parse_dates=True,
+                             infer_schema_length=10_000, include_file_paths=paths)
+        else:
+            lf = pl.scan_parquet(text, include_file_paths=paths, hidden_file_prefix=_HIDDEN)
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise DataError(f"cannot read: {_first_line(err)}", path=text) from err
+    if columns:
+        lf = lf.rename(columns, strict=False)
+    return lf, files
+
+
+def _checked_schema(
+    lf: pl.LazyFrame, source: str | os.PathLike[str], config: PrepareConfig
+) -> pl.Schema:
+    """The contract columns' dtypes; DataError for a missing column or a wrong type."""
+    try:
+        schema = lf.collect_schema()
+    except pl.exceptions.PolarsError as err:
+        raise DataError(f"cannot read: {_first_line(err)}", path=source) from err
+    renamed = {v: k for k, v in (config.columns or {}).items()}
+    needed = list(REQUIRED)
+    if config.events is not None or config.event_weights is not None:
+        needed.append("event")
+    for name in needed:
+        if name not in schema:
+            origin = f" (renamed from {renamed[name]!r})" if name in renamed else ""
+            raise DataError(
+                f"missing column{origin}; the file has {list(schema)}", path=source, column=name
+            )
+    checks = {
+        "user_id": (_is_id, "an integer or string id"),
+        "item_id": (_is_id, "an integer or string id"),
+        "timestamp": (_is_time, "a timestamp, a date, int seconds or a parseable string"),
+        "event": (_is_text, "a string"),
+        "weight": (lambda d: d.is_numeric(), "a number"),
+    }
+    for name, (ok, expected) in checks.items():
+        if name in schema and not ok(schema[name]):
+            raise _locate(
+                source, config.columns, pl.col(name).is_not_null(), name,
+                f"must be {expected}, got {schema[name]}",
+            )
+    return schema
+
+
+def _is_text(dtype: pl.DataType) -> bool:
+    return dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)
+
+
+def _is_id(dtype: pl.DataType) -> bool:
+    return dtype.is_integer() or _is_text(dtype)
+
+
+def _is_time(dtype: pl.DataType) -> bool:
+    return isinstance(dtype, pl.Datetime) or dtype in (pl.Date, pl.String) or dtype.is_integer()
+
+
+def _id_expr(name: str, dtype: pl.DataType) -> pl.Expr:
+    """Ids join in their own dtype (cheaper than strings); categoricals become strings."""
+    return pl.col(name).cast(pl.String) if isinstance(dtype, pl.Categorical | pl.Enum) else (
+        pl.col(name)
+    )
+
+
+def _time_expr(dtype: pl.DataType) -> pl.Expr:
+    """Microseconds since the epoch (UTC); null where a string does not parse."""
+    raw = pl.col("timestamp")
+    if dtype.is_integer():
+        return raw.cast(pl.Int64) * _US
+    if dtype == pl.String:
+        raw = raw.str.to_datetime(time_unit="us", strict=False)
+    return raw.dt.epoch("us")
+
+
+def _locate(
+    source: str | os.PathLike[str],
+    columns: Mapping[str, str] | None,
+    predicate: pl.Expr,
+    column: str,
+    message: str,
+) -> DataError:
+    """The DataError for the first row matching `predicate`, naming its file and value."""
+    lf, _ = _scan(source, columns, file_column=True)
+    try:
+        hit = lf.filter(predicate).select(pl.col(column), pl.col(_FILE)).head(1).collect()
+    except pl.exceptions.PolarsError:
+        hit = pl.DataFrame()
+    if hit.height == 0:
+        return DataError(message, path=source, column=column)
+    return DataError(message, path=hit[_FILE][0], column=column, value=hit[column][0])
+
+
+def _collect_all(queries: list[pl.LazyFrame], source: str | os.PathLike[str]) -> list[pl.DataFrame]:
+    try:
+        return pl.collect_all(queries, engine="streaming")
+    except pl.exceptions.PolarsError as err:
+        raise DataError(f"cannot read: {_first_line(err)}", path=source) from err
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# The encoded log and the steps on it: numpy over integer columns.
+
+
+_COLUMNS = ("user", "item", "time", "weight", "event")
+
+
+@dataclass
+class _EncodedLog:
+    """The log as parallel columns, one row per interaction.
+
+    Steps return row selections and `keep` applies them one column at a time, so no more than
+    one column is ever held twice: that, not speed, is why this container mutates.
+    """
+
+    user: np.ndarray  # (N,) user code (index once contiguous)
+    item: np.ndarray  # (N,) item code
+    time: np.ndarray  # (N,) i64 microseconds since the epoch
+    weight: np.ndarray | None = None  # (N,) f64; None means 1.0 everywhere
+    event: np.ndarray | None = None  # (N,) u32 event code, len(events) for a null event
+
+    @property
+    def size(self) -> int:
+        return self.user.shape[0]
+
+    def keys(self) -> list[np.ndarray]:
+        """The columns that order rows (user, time, item, event, weight) and define duplicates."""
+        return [c for c in (self.user, self.time, self.item, self.event, self.weight)
+                if c is not None]
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep `rows` (ascending indices, a permutation or a boolean mask), in that order.
+
+        Columns set to None are skipped: `_sort_by_user_time` rebuilds user and time itself.
+        """
+        for name in _COLUMNS:
+            column = getattr(self, name)
+            if column is not None:
+                setattr(self, name, column[rows])
+
+    def reorder(self, where: np.ndarray, order: np.ndarray) -> None:
+        """Rows at positions `where` (K,) take the values of rows `where[order]`."""
+        for name in _COLUMNS:
+            column = getattr(self, name)
+            if column is not None:
+                column[where] = column[where[order]]
+
+
+def _sort_by_user_time(data: _EncodedLog) -> None:
+    """Sort the log by (user, time) in place; `_filter` then orders rows tying on both.
+
+    User and time (in its coarsest exact unit: s, ms or µs) are packed into one u64 key, and
+    the item too when it fits and no weight or event column needs to move with the rows:
+    then the key sorts in place and no permutation exists at all. Otherwise numpy's argsort of
+    the key needs just the (N,) index array. The packed columns are freed while the key sorts
+    and are unpacked from it afterwards. If user and time need more than 64 bits, polars'
+    multi-column sort.
+    """
+    start = int(data.time.min())
+    unit = next(u for u in (_US, 1000, 1) if _all_multiples(data.time, start, u))
+    fields = [("user", 0, 1, data.user.dtype), ("time", start, unit, np.int64),
+              ("item", 0, 1, data.item.dtype)]  # name, offset, unit, dtype
+    bits = [int(data.user.max()).bit_length(),
+            ((int(data.time.max()) - start) // unit).bit_length(),
+            int(data.item.max()).bit_length()]
+    if data.weight is not None or data.event is not None or sum(bits) > 64:
+        fields, bits = fields[:2], bits[:2]
+    if sum(bits) > 64:
+        frame = pl.DataFrame({"user": data.user, "time": data.time})
+        data.keep(frame.select(pl.arg_sort_by("user", "time")).to_series().to_numpy())
+        return
+    key = np.zeros(data.size, dtype=np.uint64)
+    for first in range(0, data.size, _BLOCK_ROWS):  # in blocks: no (N,) temporaries
+        block = key[first:first + _BLOCK_ROWS]
+        for (name, offset, step, _), width in zip(fields, bits, strict=True):
+            value = getattr(data, name)[first:first + _BLOCK_ROWS]
+            if step != 1 or offset:
+                value = (value - offset) // step
+            block <<= np.uint64(width)
+            block |= value.astype(np.uint64)
+    for name, *_ in fields:
+        setattr(data, name, None)  # the key holds them while it sorts
+    if len(fields) == 3:
+        key.sort()
+    else:
+        order = np.argsort(key)
+        key = key[order]
+        data.keep(order)
+        del order
+    for (name, offset, step, dtype), width in reversed(list(zip(fields, bits, strict=True))):
+        value = (key & np.uint64((1 << width) - 1)).astype(dtype)
+        if step != 1 or offset:
+            value *= step
+            value += offset
+        setattr(data, name, value)
+        key >>= np.uint64(width)
+
+
+def _all_multiples(time: np.ndarray, start: int, unit: int) -> bool:
+    """Whether every time − start is a multiple of unit (blockwise: no (N,) temporary)."""
+    return not any(
+        np.any((time[first:first + _BLOCK_ROWS] - start) % unit)
+        for first in range(0, time.shape[0], _BLOCK_ROWS)
+    )
+
+
+def _tie_runs(user: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """(K,) ascending positions of rows sharing (user, time) with a neighbour (sorted input).
+
+    Only these rows need ordering by item, event and weight, and only they can be duplicates.
+    """
+    tied = (user[1:] == user[:-1]) & (time[1:] == time[:-1])  # (N − 1,) row i+1 ties row i
+    run = np.zeros(user.shape[0], dtype=bool)
+    run[1:] = tied
+    run[:-1] |= tied
+    return np.flatnonzero(run)
+
+
+def _duplicates(keys: Sequence[np.ndarray], candidates: np.ndarray) -> np.ndarray:
+    """(D,) positions equal in every key to the row before them (identical rows adjacent)."""
+    rows = candidates[candidates > 0]
+    same = np.ones(rows.shape[0], dtype=bool)
+    for column in keys:
+        same &= column[rows] == column[rows - 1]
+    return rows[same]
+
+
+def _without(n: int, rows: np.ndarray) -> np.ndarray:
+    """(n,) boolean mask that is False at `rows`."""
+    mask = np.ones(n, dtype=bool)
+    mask[rows] = False
+    return mask
+
+
+def _apply_events(
+    data: _EncodedLog, events: list[str] | None, config: PrepareConfig,
+    source: str | os.PathLike[str],
+) -> None:
+    """Keep only `config.events`, multiply weights by `config.event_weights`, drop the codes."""
+    if data.event is None:
+        return
+    codes = {name: code for code, name in enumerate(events or [])}
+    if config.events is not None:
+        allowed = np.zeros(len(codes) + 1, dtype=bool)  # last slot: null event, never kept
+        allowed[[codes[e] for e in config.events if e in codes]] = True
+        data.keep(allowed[data.event])
+        if data.size == 0:
+            raise DataError(
+                f"the event filter {list(config.events)} left no interactions; the log's "
+                f"events are {events}",
+                path=source, column="event",
+            )
+    if config.event_weights is not None:
+        factor = np.ones(len(codes) + 1)
+        for name, value in config.event_weights.items():
+            if name in codes:
+                factor[codes[name]] = value
+        base = 1.0 if data.weight is None else data.weight
+        data.weight = base * factor[data.event]
+    data.event = None
+
+
+def _kcore(
+    user: np.ndarray, item: np.ndarray, *, min_user: int, min_item: int
+) -> tuple[np.ndarray, list[int]]:
+    """Iterative k-core: (N,) mask of kept rows, and the row count after each pruning round.
+
+    A round drops every row whose user has fewer than `min_user` rows or whose item has fewer
+    than `min_item` rows. Dropping rows lowers other counts, so rounds repeat until one drops
+    nothing: the fixed point is the largest subset where every user and item meets its k.
+    Rounds that drop nothing are not listed, so no rounds means nothing was dropped.
+    """
+    kept = np.ones(user.shape[0], dtype=bool)
+    rounds: list[int] = []
+    while user.size:
+        ok = (_counts(user) >= min_user)[user] & (_counts(item) >= min_item)[item]
+        if ok.all():
+            break
+        kept[kept] = ok
+        user, item = user[ok], item[ok]
+        rounds.append(int(user.size))
+    return kept, rounds
+
+
+def _contiguous(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber codes to 0..K-1 keeping their order: (new codes (N,) i32, old codes (K,))."""
+    present = np.zeros(int(codes.max()) + 1, dtype=bool)
+    present[codes] = True
+    new = (np.cumsum(present) - 1).astype(np.int32)
+    return new[codes], np.flatnonzero(present)
+
+
+# ---------------------------------------------------------------------------------------------
+# Split protocols. Rows arrive sorted by (user, time, item), so a user's rows are one run.
+
+
+@dataclass
+class _Split:
+    """Which part each row goes to, and what the manifest should know about it."""
+
+    part: np.ndarray  # (N,) i8: _TRAIN, _VALID, _TEST or _FOLD_IN
+    extra: dict[str, object]  # protocol facts for the manifest (cuts, held-out users)
+    fold_in_end: np.ndarray | None = None  # (U,) holdout_users: a user's first target row
+
+
+def _split(
+    data: _EncodedLog, n_users: int, config: PrepareConfig, source: str | os.PathLike[str]
+) -> _Split:
+    """The configured protocol's split; DataError if a part comes out empty."""
+    starts = _user_starts(data.user, n_users)
+    if config.protocol == "temporal":
+        split = _temporal_split(data.time, config.valid_fraction, config.test_fraction)
+    elif config.protocol == "leave_last_out":
+        split = _leave_last_out_split(starts)
+    else:
+        split = _holdout_users_split(
+            data.user, starts, valid_fraction=config.valid_fraction,
+            test_fraction=config.test_fraction, fold_in_fraction=config.fold_in_fraction,
+            seed=config.seed,
+        )
+    for part, name in ((_TRAIN, "training"), (_VALID, "validation"), (_TEST, "test")):
+        if not np.any(split.part == part):
+            raise DataError(
+                f"the {config.protocol} split left no {name} interactions "
+                f"({data.size} interactions, {n_users} users after filtering)",
+                path=source,
+            )
+    return split
+
+
+def _user_starts(user: np.ndarray, n_users: int) -> np.ndarray:
+    """(U + 1,) offsets of sorted rows: user u's rows are [starts[u], starts[u + 1])."""
+    return np.concatenate([[0], np.cumsum(_counts(user, n_users))])
+
+
+def _counts(codes: np.ndarray, size: int = 0) -> np.ndarray:
+    """np.bincount in blocks: numpy casts its input to int64, which for a whole (N,) column
+    would be an 8-byte temporary per row. Length max(size, max code + 1)."""
+    counts = np.zeros(max(size, int(codes.max()) + 1 if codes.size else 0), dtype=np.int64)
+    for first in range(0, codes.shape[0], _BLOCK_ROWS):
+        counts += np.bincount(codes[first:first + _BLOCK_ROWS], minlength=counts.shape[0])
+    return counts
+
+
+def _temporal_split(time: np.ndarray, valid_fraction: float, test_fraction: float) -> _Split:
+    """One global time cut per split: train < t_valid ≤ valid < t_test ≤ test.
+
+    t_valid is the timestamp at rank ⌊(1 − valid − test)·N⌋ of the sorted times and t_test
+    the one at ⌊(1 − test)·N⌋, so rows sharing a timestamp never straddle a cut. An item
+    first seen at or after t_valid has no training row: it is cold.
+    """
+    n = time.shape[0]
+    ranks = [int((1.0 - valid_fraction - test_fraction) * n), int((1.0 - test_fraction) * n)]
+    t_valid, t_test = np.partition(time, ranks)[ranks]
+    part = (time >= t_valid).view(np.int8) + (time >= t_test).view(np.int8)
+    return _Split(part, {"cuts": {"valid": _iso(t_valid), "test": _iso(t_test)}})
+
+
+def _leave_last_out_split(starts: np.ndarray) -> _Split:
+    """Per user: the last interaction (by time, then item) is test, the one before valid, the
+    rest train. A user with a single interaction has only a test row."""
+    counts, ends = np.diff(starts), starts[1:]
+    part = np.zeros(int(starts[-1]), dtype=np.int8)
+    part[ends[counts >= 1] - 1] = _TEST
+    part[ends[counts >= 2] - 2] = _VALID
+    return _Split(part, {})
+
+
+def _holdout_users_split(
+    user: np.ndarray,
+    starts: np.ndarray,
+    *,
+    valid_fraction: float,
+    test_fraction: float,
+    fold_in_fraction: float,
+    seed: int,
+) -> _Split:
+    """Strong generalization (Liang et al. 2018, "Variational Autoencoders for Collaborative
+    Filtering", sec. 4.2): a seeded draw of users is held out for valid and for test, and their
+    rows never train. Each held-out user's n time-ordered rows split into the earliest
+    round(fold_in_fraction · n), at least 1 and at most n − 1, as fold-in history and the rest
+    as targets. Liang et al. split at random and drop items unseen in training; we split by
+    time and keep such items, marked cold, because the image tower can embed them.
+    """
+    n_users = starts.shape[0] - 1
+    n_test = max(1, round(test_fraction * n_users))
+    n_valid = max(1, round(valid_fraction * n_users))
+    user_part = np.zeros(n_users, dtype=np.int8)
+    if n_test + n_valid < n_users:  # else no user is held out and _split reports it
+        drawn = np.random.default_rng(seed).permutation(n_users)
+        user_part[drawn[:n_test]] = _TEST
+        user_part[drawn[n_test:n_test + n_valid]] = _VALID
+    counts = np.diff(starts)
+    fold_in = np.clip(np.floor(fold_in_fraction * counts + 0.5), 1, counts - 1).astype(np.int64)
+    fold_in_end = starts[:-1] + fold_in  # (U,)
+    part = user_part[user]
+    held_out = np.flatnonzero(part)
+    part[held_out[held_out < fold_in_end[user[held_out]]]] = _FOLD_IN
+    extra = {"held_out_users": {"valid": int(np.count_nonzero(user_part == _VALID)),
+                                "test": int(np.count_nonzero(user_part == _TEST))}}
+    return _Split(part, extra, fold_in_end)
+
+
+def _history_ends(data: _EncodedLog, split: _Split, targets: np.ndarray) -> np.ndarray:
+    """(T,) exclusive row bound of each target's history.
+
+    holdout_users: the user's fold-in end. Otherwise the first row with the target's user and
+    timestamp, so the history holds only interactions strictly before the target in time.
+    """
+    if split.fold_in_end is not None:
+        return split.fold_in_end[data.user[targets]]
+    end = targets.copy()
+    active = np.flatnonzero(end > 0)
+    while active.size:  # step back over earlier rows tying on (user, time); runs are short
+        row = end[active]
+        same = (data.user[row - 1] == data.user[row]) & (data.time[row - 1] == data.time[row])
+        active = active[same]
+        end[active] -= 1
+        active = active[end[active] > 0]
+    return end
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables and writers. Row tables go out in blocks so memory stays O(block · max_history).
+
+
+def _write(path: Path, make: Callable[[], pa.Table | Iterable[pa.Table]]) -> None:
+    """Write `make()`'s table(s) as row groups of one Parquet file.
+
+    zstd without dictionary encoding: faster and smaller than pyarrow's defaults on these
+    integer columns.
+    """
+    tables = make()
+    writer = None
+    try:
+        for table in [tables] if isinstance(tables, pa.Table) else tables:
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="zstd",
+                                          use_dictionary=False)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+        pa.default_memory_pool().release_unused()  # the pool keeps freed blocks otherwise
+
+
+def _train_blocks(data: _EncodedLog, rows: np.ndarray, starts: np.ndarray) -> Iterator[pa.Table]:
+    """Training rows with `position`, their index in the user's time-ordered training rows.
+
+    starts: (U + 1,) offsets of each user's rows within `rows`.
+    """
+    for first in range(0, rows.shape[0], _BLOCK_ROWS):
+        block = rows[first:first + _BLOCK_ROWS]
+        user = data.user[block]
+        position = np.arange(first, first + block.shape[0]) - starts[user]
+        yield _rows_table(data, block).append_column(
+            "position", pa.array(position.astype(np.int32))
+        )
+
+
+def _target_blocks(
+    data: _EncodedLog, rows: np.ndarray, ends: np.ndarray, *, max_history: int
+) -> Iterator[pa.Table]:
+    """Valid/test targets with their `history` list column."""
+    starts = _user_starts(data.user, int(data.user.max()) + 1)
+    for first in range(0, rows.shape[0], _BLOCK_TARGETS):
+        block = rows[first:first + _BLOCK_TARGETS]
+        history = _histories(
+            data.item, starts[data.user[block]], ends[first:first + _BLOCK_TARGETS],
+            data.item[block], max_history=max_history,
+        )
+        yield _rows_table(data, block).append_column("history", history)
+
+
+def _histories(
+    item: np.ndarray, begin: np.ndarray, end: np.ndarray, target: np.ndarray, *, max_history: int
+) -> pa.ListArray:
+    """Target r's history: item[max(begin_r, end_r − max_history) : end_r] without target_r.
+
+    item: (N,) the sorted log's items; begin, end, target: (T,). An earlier interaction with
+    the target item itself is removed, so a history never contains its answer.
+    """
+    first = np.maximum(begin, end - max_history)
+    lengths = end - first  # (T,)
+    offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    index = np.arange(offsets[-1], dtype=np.int64)  # (Σ lengths,) then row in `item`
+    index += np.repeat(first - offsets[:-1], lengths)
+    values = item[index]
+    del index
+    repeats = np.flatnonzero(values == np.repeat(target, lengths))
+    if repeats.size:
+        owner = np.searchsorted(offsets, repeats, side="right") - 1
+        offsets[1:] -= np.cumsum(_counts(owner, lengths.shape[0]))
+        values = np.delete(values, repeats)
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
+                                    pa.array(values.astype(np.int32)))
+
+
+def _rows_table(data: _EncodedLog, rows: np.ndarray) -> pa.Table:
+    """user_index, item_index, timestamp, weight (float32) of `rows`."""
+    weight = (np.ones(rows.shape[0], dtype=np.float32) if data.weight is None
+              else data.weight[rows].astype(np.float32))
+    return pa.table({
+        "user_index": pa.array(data.user[rows]),
+        "item_index": pa.array(data.item[rows]),
+        "timestamp": _timestamps(data.time[rows]),
+        "weight": pa.array(weight),
+    })
+
+
+def _first_seen(item: np.ndarray, time: np.ndarray, n_items: int) -> np.ndarray:
+    """(I,) earliest timestamp of each item over every kept row (all splits)."""
+    first = np.full(n_items, np.iinfo(np.int64).max)
+    np.minimum.at(first, item, time)
+    return first
+
+
+def _item_table(ids: np.ndarray, counts: np.ndarray, first_seen: np.ndarray) -> pa.Table:
+    """item_id, item_index, count, log_q = log(count / training rows), first_seen, cold.
+
+    log_q is the log probability that an item is the positive of a uniformly drawn training
+    row, the sampling correction of Yi et al. 2019; an item with no training row gets
+    `LOG_Q_FLOOR` and is cold.
+    """
+    with np.errstate(divide="ignore"):
+        log_q = np.maximum(np.log(counts / max(int(counts.sum()), 1)), LOG_Q_FLOOR)
+    return pa.table({
+        "item_id": pa.array(ids, type=pa.string()),
+        "item_index": pa.array(np.arange(len(ids), dtype=np.int32)),
+        "count": pa.array(counts.astype(np.int64)),
+        "log_q": pa.array(log_q),
+        "first_seen": _timestamps(first_seen),
+        "cold": pa.array(counts == 0),
+    })
+
+
+def _user_table(
+    ids: np.ndarray, starts: np.ndarray, item: np.ndarray, train: np.ndarray
+) -> pa.Table:
+    """user_id, user_index, history: each user's training items in time order (maybe empty).
+
+    item: (N,) the sorted log's items; train: its training rows; starts: (U + 1,) offsets of
+    each user's rows within `train`.
+    """
+    history = pa.ListArray.from_arrays(pa.array(starts.astype(np.int32)),
+                                       pa.array(item[train].astype(np.int32, copy=False)))
+    return pa.table({
+        "user_id": pa.array(ids, type=pa.string()),
+        "user_index": pa.array(np.arange(len(ids), dtype=np.int32)),
+        "history": history,
+    })
+
+
+def _timestamps(micros: np.ndarray) -> pa.Array:
+    return pa.array(micros.astype(np.int64, copy=False).view("datetime64[us]"))
+
+
+def _iso(micros: int) -> str:
+    return str(np.datetime64(int(micros), "us"))
