@@ -1,0 +1,86 @@
+"""The frozen encoder's h for every product in a catalog, written as the embeddings Parquet.
+
+This file is where simclr_vision hands over to twotower (DESIGN.md: the two packages meet
+through files): `item_id`, `embedding` as a fixed-size list of float32, and file metadata under
+the key `twotower.embeddings` naming the encoder checkpoint, the architecture, the dimension,
+the image size and whether the vectors were L2-normalized. The projection head is not used:
+h, not z, describes a product (Chen et al. 2020, §4.2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from simclr_vision.data import load_catalog
+from simclr_vision.model import encode_images
+from simclr_vision.pretrain import load_simclr
+from twotower.files import atomic_path
+
+__all__ = ["METADATA_KEY", "embed_catalog", "write_embeddings"]
+
+METADATA_KEY = b"twotower.embeddings"
+
+
+def embed_catalog(
+    catalog: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    batch_size: int = 1024,
+    normalize: bool = False,
+    device: str = "cpu",
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Encode every catalog image with the checkpoint's frozen encoder; write `out` (Parquet).
+
+    Images are resized to the size the encoder was pretrained at. With `skip_bad`, unreadable
+    images are left out (and named in the metadata) instead of stopping the run.
+    """
+    model = load_simclr(checkpoint, device=device)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    size = int(state["config"]["image_size"])
+    channels = int(state["in_channels"])
+    images = load_catalog(catalog, size=size, channels=channels, skip_bad=skip_bad,
+                          progress=progress)
+    h, _ = encode_images(model, images.images, size=size, batch_size=batch_size, device=device,
+                         progress=progress)
+    if normalize:
+        h = F.normalize(h, dim=1)
+    meta = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "arch": state["config"]["arch"],
+        "dim": h.shape[1],
+        "image_size": size,
+        "normalized": normalize,
+        "catalog": str(Path(catalog).resolve()),
+        "skipped": list(images.skipped),
+    }
+    return write_embeddings(images.ids, h.numpy(), out, meta)
+
+
+def write_embeddings(
+    ids: list[str],
+    vectors: np.ndarray,
+    out: str | os.PathLike[str],
+    metadata: dict[str, object],
+) -> Path:
+    """Write `item_id` and fixed-size float32 `embedding` rows, `metadata` as JSON, atomically."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != len(ids):
+        raise ValueError(f"need one (dim,) vector per id: {len(ids)} ids, {vectors.shape} vectors")
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+    table = pa.table({"item_id": pa.array(ids, pa.string()), "embedding": embedding})
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+    return out
