@@ -1,0 +1,79 @@
+"""The vision stages end to end at toy size: pretrain_vision → embed_catalog, tracked in MLflow."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.config import parse_config
+from pipelines.embed_catalog import EmbedCatalogConfig
+from pipelines.embed_catalog import run as run_embed
+from pipelines.pretrain_vision import PretrainVisionConfig
+from pipelines.pretrain_vision import run as run_pretrain
+from pipelines.tracking import tracking_uri
+from simclr_vision.pretrain import PretrainConfig
+from twotower.synthetic import ShopConfig, make_shop, write_shop
+
+
+@pytest.fixture(autouse=True)
+def _local_tracking(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+def test_pretrain_then_embed_the_catalog(tmp_path):
+    shop = make_shop(ShopConfig(num_items=128, num_users=10, num_interactions=100, image_size=16))
+    catalog = str(write_shop(shop, tmp_path / "shop")["catalog"])
+    run_dir = tmp_path / "run"
+    cfg = PretrainVisionConfig(
+        source=catalog, run_dir=str(run_dir), device="cpu",
+        pretrain=PretrainConfig(arch="resnet_narrow", width=4, image_size=16, epochs=2,
+                                batch_size=64, log_every=1, progress=False),
+    )
+    summary = run_pretrain(cfg)
+    assert summary["images"] == 128 and summary["epoch"] == 2.0
+    stage = run_dir / "pretrain_vision"
+    assert sorted(p.name for p in stage.iterdir()) == ["config.json", "history.json", "last.pt"]
+    assert json.loads((stage / "config.json").read_text())["pretrain"]["device"] == "cpu"
+
+    client = mlflow.MlflowClient(tracking_uri(run_dir))
+    (run,) = client.search_runs(client.get_experiment_by_name("twotower").experiment_id)
+    assert run.info.run_name == "pretrain_vision"
+    assert run.data.params["pretrain.epochs"] == "2" and run.data.params["source"] == catalog
+    assert len(client.get_metric_history(run.info.run_id, "epoch_loss")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 4  # 2 steps × 2 epochs
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts == {"checkpoint", "history.json"}
+
+    # A second run finds the finished checkpoint and trains no further.
+    again = run_pretrain(cfg)
+    assert again["epoch_loss"] == summary["epoch_loss"]
+
+    out = run_embed(EmbedCatalogConfig(catalog=catalog, run_dir=str(run_dir), device="cpu"))
+    assert out["items"] == 128 and out["dim"] == 32 and out["skipped"] == 0
+    assert pq.read_table(out["embeddings"]).num_rows == 128
+
+
+def test_embed_without_a_checkpoint_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"run pipelines\.pretrain_vision first"):
+        run_embed(EmbedCatalogConfig(catalog="c.parquet", run_dir=str(tmp_path)))
+
+
+def test_stage_configs_come_from_the_command_line():
+    cfg = parse_config(PretrainVisionConfig, [
+        "--source", "imgs.npz", "--monitor-split", "test", "--skip-bad",
+        "--pretrain.epochs", "3", "--pretrain.lr", "none", "--pretrain.optimizer", "adamw",
+        "--no-pretrain.amp", "--pretrain.small-images", "true",
+    ])
+    assert cfg.source == "imgs.npz" and cfg.monitor_split == "test" and cfg.skip_bad
+    assert cfg.pretrain == PretrainConfig(epochs=3, lr=None, optimizer="adamw", amp=False,
+                                          small_images=True)
+    with pytest.raises(SystemExit):
+        parse_config(PretrainVisionConfig, ["--pretrain.optimizer", "adam", "--source", "x"])
+    with pytest.raises(SystemExit):
+        parse_config(PretrainVisionConfig, [])  # --source is required
