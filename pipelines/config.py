@@ -90,10 +90,22 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None
             parser.add_argument(option, dest=name, action=argparse.BooleanOptionalAction,
                                 default=default, help=help_text)
             continue
-        choices = typing.get_args(base) if typing.get_origin(base) is typing.Literal else None
+        required = default is dataclasses.MISSING
+        container = typing.get_origin(base)
+        if container in (tuple, dict):
+            args = typing.get_args(base)  # (X, ...) for a tuple, (str, X) for a dict
+            item = args[-1] if container is dict else args[0]
+            if container is dict:
+                parse = _pair_parser(_parser_for(item, False), optional)
+            else:
+                parse = _parser_for(item, optional)
+            metavar = "KEY=VALUE" if container is dict else "VALUE"
+            parser.add_argument(option, dest=name, default=default, help=help_text,
+                                required=required, nargs="+", type=parse, metavar=metavar)
+            continue
+        choices = typing.get_args(base) if container is typing.Literal else None
         parser.add_argument(
-            option, dest=name, default=default, help=help_text,
-            required=default is dataclasses.MISSING,
+            option, dest=name, default=default, help=help_text, required=required,
             type=_parser_for(base, optional),
             choices=list(choices) + ([None] if optional else []) if choices else None,
         )
@@ -105,9 +117,21 @@ def _build(cls: type[T], args: dict[str, Any], prefix: str) -> T:
     for f in dataclasses.fields(cls):
         name = f"{prefix}{f.name}"
         kind = hints[f.name]
-        values[f.name] = (_build(kind, args, f"{name}.") if dataclasses.is_dataclass(kind)
-                          else args[name])
+        if dataclasses.is_dataclass(kind):
+            values[f.name] = _build(kind, args, f"{name}.")
+        else:
+            values[f.name] = _collect(_unwrap_optional(kind)[0], args[name])
     return cls(**values)
+
+
+def _collect(kind: Any, value: Any) -> Any:
+    """argparse's list for a tuple or dict field → that tuple or dict ([None] → None)."""
+    container = typing.get_origin(kind)
+    if container not in (tuple, dict) or not isinstance(value, list):
+        return value
+    if value == [None]:
+        return None
+    return tuple(value) if container is tuple else dict(value)
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -125,6 +149,23 @@ def _unwrap_optional(kind: Any) -> tuple[Any, bool]:
         if len(args) == 1 and len(typing.get_args(kind)) == 2:
             return args[0], True
     return kind, False
+
+
+def _pair_parser(parse_value: Callable[[str], Any], optional: bool) -> Callable[[str], Any]:
+    """A parser of KEY=VALUE items into (key, value) pairs ("none" is None when optional)."""
+
+    def parse(text: str) -> Any:
+        if optional and text.lower() == "none":
+            return None
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+        try:
+            return key, parse_value(value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"bad value in {text!r}: {err}") from err
+
+    return parse
 
 
 def _parser_for(base: Any, optional: bool) -> Callable[[str], Any]:
@@ -145,4 +186,5 @@ def _parser_for(base: Any, optional: bool) -> Callable[[str], Any]:
             return None
         return convert(text)
 
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse: "invalid int value"
     return parse

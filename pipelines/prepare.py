@@ -1,18 +1,18 @@
 """Stage `prepare`: an interaction log → the prepared folder, tracked as one MLflow run.
 
-    python -m pipelines.prepare ratings.csv --out runs/ml/prepare --protocol temporal \
-        --column userId=user_id --column movieId=item_id
+    python -m pipelines.prepare --source ratings.csv --run-dir runs/ml \
+        --data.protocol temporal --data.columns userId=user_id movieId=item_id
 
 The run's params are the stage config (`data.*` for `twotower.data.PrepareConfig`), its
 metrics the row count after each step (`rows/read`, `rows/dedup`, `rows/event_filter`,
 `rows/kcore` per round, `rows/train|valid|test`) and the vocabulary sizes, and its artifact
 the folder's manifest.json. A folder whose manifest already records the same source and
-config is kept and the stage is skipped (pass --force to redo it).
+config is kept and the stage is skipped (pass --force to redo it). `--help` lists every
+option, one per field of `PrepareStage` and `PrepareConfig`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.config import parse_config
 from pipelines.tracking import stage_run
-from twotower.data import PROTOCOLS, PrepareConfig, prepare
+from twotower.data import PrepareConfig, prepare
 
 __all__ = ["PrepareStage", "main", "run"]
 
@@ -84,54 +85,8 @@ def _summary(manifest: dict[str, Any], folder: Path, *, skipped: bool) -> dict[s
     return {"folder": str(folder), "skipped": skipped, **{k: manifest[k] for k in keys}}
 
 
-def _pairs(values: list[str], flag: str, convert=str) -> dict[str, Any]:
-    """["a=b", ...] → {"a": convert("b")}; argparse error text on a malformed pair."""
-    out = {}
-    for value in values:
-        key, sep, rest = value.partition("=")
-        if not sep or not key:
-            raise argparse.ArgumentTypeError(f"{flag} takes NAME=VALUE, got {value!r}")
-        out[key] = convert(rest)
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    defaults = PrepareConfig()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", help="Parquet file, folder, glob or CSV of interactions")
-    parser.add_argument("--run-dir", default="runs/default", help="run folder (MLflow store)")
-    parser.add_argument("--out", help="prepared folder (default: RUN_DIR/prepare)")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default=defaults.protocol)
-    parser.add_argument("--min-user", type=int, default=defaults.min_user_interactions,
-                        help="k-core: interactions per user")
-    parser.add_argument("--min-item", type=int, default=defaults.min_item_interactions,
-                        help="k-core: interactions per item")
-    parser.add_argument("--valid-fraction", type=float, default=defaults.valid_fraction)
-    parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
-    parser.add_argument("--fold-in-fraction", type=float, default=defaults.fold_in_fraction)
-    parser.add_argument("--max-history", type=int, default=defaults.max_history)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--events", nargs="+", help="keep only these events")
-    parser.add_argument("--event-weight", action="append", default=[], metavar="EVENT=W",
-                        help="multiply the weight of EVENT rows by W (repeatable)")
-    parser.add_argument("--column", action="append", default=[], metavar="SOURCE=CONTRACT",
-                        help="rename a source column, e.g. userId=user_id (repeatable)")
-    parser.add_argument("--force", action="store_true", help="prepare even if up to date")
-    args = parser.parse_args(argv)
-    try:
-        weights = _pairs(args.event_weight, "--event-weight", float) or None
-        columns = _pairs(args.column, "--column") or None
-    except (argparse.ArgumentTypeError, ValueError) as err:
-        parser.error(str(err))
-    data = PrepareConfig(
-        protocol=args.protocol, min_user_interactions=args.min_user,
-        min_item_interactions=args.min_item, valid_fraction=args.valid_fraction,
-        test_fraction=args.test_fraction, fold_in_fraction=args.fold_in_fraction,
-        max_history=args.max_history, seed=args.seed, events=args.events,
-        event_weights=weights, columns=columns,
-    )
-    summary = run(PrepareStage(args.source, run_dir=args.run_dir, out_dir=args.out, data=data,
-                               force=args.force))
+    summary = run(parse_config(PrepareStage, argv))
     _print(summary)
     return summary
 

@@ -97,12 +97,16 @@ def test_run_raises_data_error_and_writes_no_folder(tmp_path, log_path, run_dir)
 
 def test_main_parses_flags_and_prints_a_summary(tmp_path, log_path, run_dir, capsys):
     out = tmp_path / "prepared"
-    summary = main([str(log_path), "--run-dir", str(run_dir), "--out", str(out),
-                    "--protocol", "holdout_users", "--min-user", "3", "--min-item", "3",
-                    "--column", "visitor=user_id", "--max-history", "10"])
+    summary = main(["--source", str(log_path), "--run-dir", str(run_dir), "--out-dir", str(out),
+                    "--data.protocol", "holdout_users", "--data.min-user-interactions", "3",
+                    "--data.min-item-interactions", "3", "--data.columns", "visitor=user_id",
+                    "--data.max-history", "10"])
     assert (out / "manifest.json").is_file()
     assert summary["protocol"] == "holdout_users"
+    config = json.loads((out / "manifest.json").read_text())["config"]
+    assert config["columns"] == {"visitor": "user_id"}
     printed = capsys.readouterr().out
     assert f"{out} (holdout_users): written" in printed and "kcore" in printed
     with pytest.raises(SystemExit):
-        main([str(log_path), "--column", "visitor"])
+        main(["--source", str(log_path), "--data.columns", "visitor"])
+    assert "argument --data.columns: expected KEY=VALUE, got 'visitor'" in capsys.readouterr().err

@@ -1,0 +1,97 @@
+"""parse_config: a config dataclass, nested ones included, as a command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from pipelines.config import parse_config, save_config
+
+
+@dataclass
+class Inner:
+    """Inner settings."""
+
+    rate: float = 0.1
+    """Learning rate of the inner loop."""
+    events: tuple[str, ...] | None = None
+    """Events to keep."""
+    weights: dict[str, float] | None = None
+    """Event weights."""
+
+
+@dataclass
+class Outer:
+    """Outer settings."""
+
+    source: str
+    """Where the data is."""
+    steps: int = 3
+    """How many steps."""
+    mode: Literal["fast", "exact"] = "fast"
+    """Which algorithm."""
+    limit: int | None = None
+    """An optional cap."""
+    verbose: bool = False
+    """Print more."""
+    inner: Inner = field(default_factory=Inner)
+    """The inner settings."""
+
+
+def test_defaults_and_every_kind_of_field():
+    assert parse_config(Outer, ["--source", "x"]) == Outer(source="x")
+    cfg = parse_config(Outer, [
+        "--source", "x", "--steps", "5", "--mode", "exact", "--limit", "7", "--verbose",
+        "--inner.rate", "0.5", "--inner.events", "click", "buy",
+        "--inner.weights", "click=1", "buy=2.5",
+    ])
+    assert cfg == Outer(source="x", steps=5, mode="exact", limit=7, verbose=True,
+                        inner=Inner(rate=0.5, events=("click", "buy"),
+                                    weights={"click": 1.0, "buy": 2.5}))
+    cfg = parse_config(Outer, ["--source", "x", "--limit", "none", "--no-verbose",
+                               "--inner.events", "none", "--inner.weights", "none"])
+    assert cfg.limit is None and not cfg.verbose
+    assert cfg.inner.events is None and cfg.inner.weights is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "the following arguments are required: --source"),
+        (["--source", "x", "--mode", "slow"], "argument --mode: invalid choice: 'slow'"),
+        (["--source", "x", "--steps", "two"], "argument --steps: invalid int value: 'two'"),
+        (["--source", "x", "--inner.weights", "click"],
+         "argument --inner.weights: expected KEY=VALUE, got 'click'"),
+        (["--source", "x", "--inner.weights", "click=lots"],
+         "argument --inner.weights: bad value in 'click=lots'"),
+    ],
+)
+def test_bad_arguments_name_the_option(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Outer, argv)
+    assert message in capsys.readouterr().err
+
+
+def test_help_comes_from_the_field_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Outer, ["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Outer settings." in text
+    assert "--inner.rate INNER.RATE Learning rate of the inner loop." in text
+    assert "--verbose, --no-verbose Print more." in text
+
+
+def test_unsupported_field_types_are_named():
+    @dataclass
+    class Odd:
+        things: list[int] = field(default_factory=list)
+
+    with pytest.raises(TypeError, match="no command-line form for a field of type"):
+        parse_config(Odd, [])
+
+
+def test_save_config_writes_the_resolved_config(tmp_path):
+    path = save_config(Outer(source="x", inner=Inner(events=("a",))), tmp_path / "c.json")
+    assert '"events": [\n      "a"\n    ]' in path.read_text()
