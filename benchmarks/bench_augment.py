@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import math
-import platform
 import random
 import statistics
 import struct
@@ -59,6 +58,9 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `import simclr_vision` uninstalled
 
+from benchmarks.args import positive
+from benchmarks.machine import cpu_model
+from benchmarks.tables import markdown_table, plain_table
 from simclr_vision.augment import BLUR_AUTO_MAX_SIZE, SimCLRAugment
 
 FASHION_MNIST = (Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
@@ -301,33 +303,11 @@ class Row:
 
 
 def describe_device(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return torch.cuda.get_device_name() if device == "cuda" else cpu_model()
 
 
 # ---------------------------------------------------------------------------------------------
 # Report.
-
-
-def plain_table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def markdown_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(r) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("---:" for _ in rows[0]) + "|")
-    return "\n".join(lines)
 
 
 def throughput_rows(results: list[Row], images: int, batch: int) -> list[list[str]]:
@@ -401,13 +381,6 @@ def report(args: argparse.Namespace) -> None:
           f"{ratio:.2f}x -> {'HOLDS' if ratio >= target else 'FAILS'}")
     if args.markdown:
         print("\n" + markdown_table(throughput) + "\n\n" + markdown_table(stages))
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

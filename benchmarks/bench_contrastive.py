@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -44,6 +43,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `import twotower` uninstalled
+
+from benchmarks.args import positive
+from benchmarks.machine import cpu_model
+from benchmarks.tables import markdown_table, plain_table
 
 if TYPE_CHECKING:
     import torch
@@ -212,17 +215,6 @@ def describe_device(requested: str) -> dict[str, Any]:
 # The parent: starts the subprocesses, prints the report. Standard library only.
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def dtype_for(two_n: int, device: str, bf16_from: int) -> str:
     return "bfloat16" if device == "cuda" and two_n >= bf16_from else "float32"
 
@@ -290,19 +282,6 @@ def table_rows(cases: list[Case], peak_tflops: float | None, cuda: bool) -> list
             row += [fmt(tflops), "n/a" if peak_tflops is None else fmt(percent)]
         rows.append(row)
     return rows
-
-
-def plain_table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def markdown_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(r) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("---:" for _ in rows[0]) + "|")
-    return "\n".join(lines)
 
 
 def verdict(ok: bool) -> str:
@@ -404,13 +383,6 @@ def even_size(text: str) -> int:
     value = int(text)
     if value < 4 or value % 2:
         raise argparse.ArgumentTypeError(f"2N must be an even integer >= 4, got {text}")
-    return value
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import polars as pl
 import pytest
@@ -16,13 +15,7 @@ from pipelines.tracking import tracking_uri
 from twotower.data import PrepareConfig
 from twotower.files import DataError
 
-
-@pytest.fixture(autouse=True)
-def _no_user_tracking_server(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield
-    if mlflow.active_run() is not None:
-        mlflow.end_run()
+pytestmark = pytest.mark.usefixtures("local_mlflow")
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,7 @@ from pipelines.tracking import tracking_uri
 from simclr_vision.pretrain import PretrainConfig
 from twotower.synthetic import ShopConfig, make_shop, write_shop
 
-
-@pytest.fixture(autouse=True)
-def _local_tracking(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
+pytestmark = pytest.mark.usefixtures("local_mlflow")
 
 
 def test_pretrain_then_embed_the_catalog(tmp_path):

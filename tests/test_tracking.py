@@ -10,6 +10,8 @@ import pytest
 
 from pipelines.tracking import flat_params, stage_run, tracking_uri
 
+pytestmark = pytest.mark.usefixtures("local_mlflow")
+
 
 @dataclasses.dataclass
 class Inner:
@@ -27,8 +29,7 @@ def test_flat_params_nests_with_dots_and_stringifies():
     assert flat_params(Stage()) == {"source": "log.parquet", "lr": "0.1", "inner.k": "5"}
 
 
-def test_runs_land_in_each_run_folder_with_params_metrics_and_artifacts(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_runs_land_in_each_run_folder_with_params_metrics_and_artifacts(tmp_path):
     for name in ("a", "b"):
         run_dir = tmp_path / name
         with (
@@ -61,9 +62,3 @@ def test_mlflow_tracking_uri_overrides_the_run_folder(tmp_path, monkeypatch):
     assert (tmp_path / "server.db").exists()
     assert not (tmp_path / "run" / "mlflow.db").exists()
 
-
-@pytest.fixture(autouse=True)
-def _no_active_run():
-    yield
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
