@@ -82,33 +82,50 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None
         if dataclasses.is_dataclass(kind):
             _add_fields(parser, kind, prefix=f"{name}.")
             continue
-        option = "--" + name.replace("_", "-")
-        base, optional = _unwrap_optional(kind)
+        try:
+            form = _option_form(kind)
+        except TypeError as err:
+            raise TypeError(f"{cls.__name__}.{f.name} (--{name}): {err}") from None
         default = _default(f)
-        help_text = docs.get(f.name, "")
-        if base is bool and not optional:
-            parser.add_argument(option, dest=name, action=argparse.BooleanOptionalAction,
-                                default=default, help=help_text)
-            continue
-        required = default is dataclasses.MISSING
-        container = typing.get_origin(base)
-        if container in (tuple, dict):
-            args = typing.get_args(base)  # (X, ...) for a tuple, (str, X) for a dict
-            item = args[-1] if container is dict else args[0]
-            if container is dict:
-                parse = _pair_parser(_parser_for(item, False), optional)
-            else:
-                parse = _parser_for(item, optional)
-            metavar = "KEY=VALUE" if container is dict else "VALUE"
-            parser.add_argument(option, dest=name, default=default, help=help_text,
-                                required=required, nargs="+", type=parse, metavar=metavar)
-            continue
-        choices = typing.get_args(base) if container is typing.Literal else None
-        parser.add_argument(
-            option, dest=name, default=default, help=help_text, required=required,
-            type=_parser_for(base, optional),
-            choices=list(choices) + ([None] if optional else []) if choices else None,
-        )
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=default,
+                            required=default is dataclasses.MISSING,
+                            help=docs.get(f.name, ""), **form)
+
+
+def _option_form(kind: Any) -> dict[str, Any]:
+    """add_argument's keywords (action, type, nargs, ...) for a field annotated `kind`."""
+    base, optional = _unwrap_optional(kind)
+    container, args = typing.get_origin(base), typing.get_args(base)
+    if base is bool and not optional:
+        return {"action": argparse.BooleanOptionalAction}  # --x / --no-x
+    if container is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
+        return {"nargs": "+", "metavar": "VALUE", "action": _Gather, "const": tuple,
+                "type": _parser_for(args[0], optional)}
+    if container is dict and len(args) == 2 and args[0] is str:  # dict[str, X]
+        return {"nargs": "+", "metavar": "KEY=VALUE", "action": _Gather, "const": dict,
+                "type": _pair_parser(_parser_for(args[1], False), optional)}
+    choices = list(args) + ([None] if optional else []) if container is typing.Literal else None
+    return {"type": _parser_for(base, optional), "choices": choices}  # choices: for --help
+
+
+class _Gather(argparse.Action):
+    """Stores a nargs="+" option's items as a tuple, or (`const=dict`) its KEY=VALUE pairs as
+    a dict; a lone `none` (an optional field) stores None."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if None in values:
+            if len(values) > 1:
+                raise argparse.ArgumentError(self, "none must be the only item, for no value")
+            setattr(namespace, self.dest, None)
+        elif self.const is dict:
+            keys = [key for key, _ in values]
+            twice = [key for key in dict.fromkeys(keys) if keys.count(key) > 1]
+            if twice:
+                raise argparse.ArgumentError(self, f"key {twice[0]!r} given twice")
+            setattr(namespace, self.dest, dict(values))
+        else:
+            setattr(namespace, self.dest, tuple(values))
 
 
 def _build(cls: type[T], args: dict[str, Any], prefix: str) -> T:
@@ -117,21 +134,9 @@ def _build(cls: type[T], args: dict[str, Any], prefix: str) -> T:
     for f in dataclasses.fields(cls):
         name = f"{prefix}{f.name}"
         kind = hints[f.name]
-        if dataclasses.is_dataclass(kind):
-            values[f.name] = _build(kind, args, f"{name}.")
-        else:
-            values[f.name] = _collect(_unwrap_optional(kind)[0], args[name])
+        values[f.name] = (_build(kind, args, f"{name}.") if dataclasses.is_dataclass(kind)
+                          else args[name])
     return cls(**values)
-
-
-def _collect(kind: Any, value: Any) -> Any:
-    """argparse's list for a tuple or dict field → that tuple or dict ([None] → None)."""
-    container = typing.get_origin(kind)
-    if container not in (tuple, dict) or not isinstance(value, list):
-        return value
-    if value == [None]:
-        return None
-    return tuple(value) if container is tuple else dict(value)
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -162,15 +167,25 @@ def _pair_parser(parse_value: Callable[[str], Any], optional: bool) -> Callable[
             raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
         try:
             return key, parse_value(value)
-        except ValueError as err:
+        except (ValueError, argparse.ArgumentTypeError) as err:
             raise argparse.ArgumentTypeError(f"bad value in {text!r}: {err}") from err
 
     return parse
 
 
 def _parser_for(base: Any, optional: bool) -> Callable[[str], Any]:
+    """A parser of one command-line word into a `base` ("none" is None when optional)."""
     if typing.get_origin(base) is typing.Literal:
-        convert = type(typing.get_args(base)[0])
+        choices = typing.get_args(base)
+
+        def convert(text: str) -> Any:  # checks the choice itself: tuple items and dict values
+            value = type(choices[0])(text)
+            if value not in choices:
+                listed = ", ".join(map(repr, choices))
+                raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {listed})")
+            return value
+
+        convert.__name__ = type(choices[0]).__name__
     elif base in (int, float, str, Path):
         convert = base
     elif base is bool:

@@ -186,6 +186,8 @@ def pretrain(
     _check_images(images, labels)
     device = torch.device(cfg.device)
     cuda = device.type == "cuda"
+    if cuda and device.index is None:  # "cuda": the current device, which torchrun sets per rank
+        device = torch.device("cuda", torch.cuda.current_device())
     ranks, me = world_size(), rank()
     if cfg.batch_size % ranks:
         raise ValueError(f"batch_size {cfg.batch_size} must divide over {ranks} ranks")
@@ -219,7 +221,7 @@ def pretrain(
 
     net: nn.Module = model
     if ranks > 1:
-        net = DistributedDataParallel(model, device_ids=[device.index or 0] if cuda else None)
+        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     if cfg.compile:
         net = torch.compile(net)
 
