@@ -82,14 +82,15 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None
         if dataclasses.is_dataclass(kind):
             _add_fields(parser, kind, prefix=f"{name}.")
             continue
+        option = "--" + name.replace("_", "-")
         try:
             form = _option_form(kind)
         except TypeError as err:
-            raise TypeError(f"{cls.__name__}.{f.name} (--{name}): {err}") from None
+            raise TypeError(f"{cls.__name__}.{f.name} ({option}): {err}") from None
         default = _default(f)
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=default,
-                            required=default is dataclasses.MISSING,
-                            help=docs.get(f.name, ""), **form)
+        required = default is dataclasses.MISSING  # then no "(default: ...)" in --help
+        parser.add_argument(option, dest=name, required=required, help=docs.get(f.name, ""),
+                            default=argparse.SUPPRESS if required else default, **form)
 
 
 def _option_form(kind: Any) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""Stage `prepare`: an interaction log → the prepared folder, tracked as one MLflow run.
+r"""Stage `prepare`: an interaction log → the prepared folder, tracked as one MLflow run.
 
     python -m pipelines.prepare --source ratings.csv --run-dir runs/ml \
-        --data.protocol temporal --data.columns userId=user_id movieId=item_id
+        --data.protocol temporal --data.columns userId=user_id movieId=item_id \
+        --data.event-weights purchase=3
 
 The run's params are the stage config (`data.*` for `twotower.data.PrepareConfig`), its
 metrics the row count after each step (`rows/read`, `rows/dedup`, `rows/event_filter`,
@@ -86,6 +87,7 @@ def _summary(manifest: dict[str, Any], folder: Path, *, skipped: bool) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse `PrepareStage` from the command line, run it and print its summary."""
     summary = run(parse_config(PrepareStage, argv))
     _print(summary)
     return summary

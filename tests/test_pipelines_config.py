@@ -20,6 +20,10 @@ class Inner:
     """Events to keep."""
     weights: dict[str, float] | None = None
     """Event weights."""
+    sizes: tuple[int, ...] = (8, 16)
+    """Layer sizes."""
+    modes: tuple[Literal["fast", "exact"], ...] = ("fast",)
+    """Modes to try."""
 
 
 @dataclass
@@ -45,11 +49,13 @@ def test_defaults_and_every_kind_of_field():
     cfg = parse_config(Outer, [
         "--source", "x", "--steps", "5", "--mode", "exact", "--limit", "7", "--verbose",
         "--inner.rate", "0.5", "--inner.events", "click", "buy",
-        "--inner.weights", "click=1", "buy=2.5",
+        "--inner.weights", "click=1", "buy=2.5", "--inner.sizes", "4", "2",
+        "--inner.modes", "exact", "fast",
     ])
     assert cfg == Outer(source="x", steps=5, mode="exact", limit=7, verbose=True,
                         inner=Inner(rate=0.5, events=("click", "buy"),
-                                    weights={"click": 1.0, "buy": 2.5}))
+                                    weights={"click": 1.0, "buy": 2.5}, sizes=(4, 2),
+                                    modes=("exact", "fast")))
     cfg = parse_config(Outer, ["--source", "x", "--limit", "none", "--no-verbose",
                                "--inner.events", "none", "--inner.weights", "none"])
     assert cfg.limit is None and not cfg.verbose
@@ -66,6 +72,16 @@ def test_defaults_and_every_kind_of_field():
          "argument --inner.weights: expected KEY=VALUE, got 'click'"),
         (["--source", "x", "--inner.weights", "click=lots"],
          "argument --inner.weights: bad value in 'click=lots'"),
+        (["--source", "x", "--inner.weights", "=1"],
+         "argument --inner.weights: expected KEY=VALUE, got '=1'"),
+        (["--source", "x", "--inner.weights", "a=1", "a=2"],
+         "argument --inner.weights: key 'a' given twice"),
+        (["--source", "x", "--inner.events", "click", "none"],
+         "argument --inner.events: none must be the only item"),
+        (["--source", "x", "--inner.sizes", "4", "wide"],
+         "argument --inner.sizes: invalid int value: 'wide'"),
+        (["--source", "x", "--inner.modes", "slow"],
+         "argument --inner.modes: invalid choice: 'slow'"),
     ],
 )
 def test_bad_arguments_name_the_option(argv, message, capsys):
@@ -81,6 +97,8 @@ def test_help_comes_from_the_field_docstrings(capsys):
     assert "Outer settings." in text
     assert "--inner.rate INNER.RATE Learning rate of the inner loop." in text
     assert "--verbose, --no-verbose Print more." in text
+    assert "--inner.weights KEY=VALUE [KEY=VALUE ...] Event weights." in text
+    assert "--source SOURCE Where the data is. --steps" in text  # required: no default shown
 
 
 def test_unsupported_field_types_are_named():
@@ -88,8 +106,15 @@ def test_unsupported_field_types_are_named():
     class Odd:
         things: list[int] = field(default_factory=list)
 
-    with pytest.raises(TypeError, match="no command-line form for a field of type"):
+    with pytest.raises(TypeError, match=r"Odd\.things \(--things\): no command-line form"):
         parse_config(Odd, [])
+
+    @dataclass
+    class Pairs:
+        pairs: tuple[int, str] = (1, "a")  # a fixed-length tuple, not tuple[X, ...]
+
+    with pytest.raises(TypeError, match=r"Pairs\.pairs"):
+        parse_config(Pairs, [])
 
 
 def test_save_config_writes_the_resolved_config(tmp_path):

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipelines.config import parse_config
 from pipelines.prepare import PrepareStage, main, run
 from pipelines.tracking import tracking_uri
 from twotower.data import PrepareConfig
@@ -86,6 +87,19 @@ def test_run_raises_data_error_and_writes_no_folder(tmp_path, log_path, run_dir)
         run(stage)
     assert not (tmp_path / "out").exists()
     assert PrepareStage("log.parquet", run_dir="runs/x").folder == Path("runs/x/prepare")
+
+
+def test_the_command_line_is_the_stage_config():
+    argv = ["--source", "ratings.csv", "--run-dir", "runs/ml", "--data.protocol", "temporal",
+            "--data.columns", "userId=user_id", "movieId=item_id",
+            "--data.event-weights", "purchase=3", "view=0.5", "--data.events", "view", "purchase"]
+    assert parse_config(PrepareStage, argv) == PrepareStage(
+        "ratings.csv", run_dir="runs/ml",
+        data=PrepareConfig(columns={"userId": "user_id", "movieId": "item_id"},
+                           event_weights={"purchase": 3.0, "view": 0.5},
+                           events=("view", "purchase")))
+    stage = parse_config(PrepareStage, ["--source", "x.csv", "--out-dir", "none", "--force"])
+    assert stage.out_dir is None and stage.force and stage.data == PrepareConfig()
 
 
 def test_main_parses_flags_and_prints_a_summary(tmp_path, log_path, run_dir, capsys):
