@@ -71,8 +71,9 @@ def run(cfg: EmbedCatalogConfig) -> dict[str, Any]:
             batch_size=cfg.batch_size, normalize=cfg.normalize,
             device=resolve_device(cfg.device), skip_bad=cfg.skip_bad,
         )
-        meta = json.loads(pq.read_schema(out).metadata[METADATA_KEY])
-        summary = {"embeddings": str(out), "items": pq.read_metadata(out).num_rows,
+        footer = pq.read_metadata(out)
+        meta = json.loads(footer.metadata[METADATA_KEY])
+        summary = {"embeddings": str(out), "items": footer.num_rows,
                    "dim": meta["dim"], "skipped": len(meta["skipped"])}
         tracker.log({"items": summary["items"], "dim": summary["dim"],
                      "skipped": summary["skipped"]}, step=0)

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 import torch.nn.functional as F
 
 from simclr_vision.data import load_catalog
@@ -45,19 +44,17 @@ def embed_catalog(
     Images are resized to the size the encoder was pretrained at. With `skip_bad`, unreadable
     images are left out (and named in the metadata) instead of stopping the run.
     """
-    model = load_simclr(checkpoint, device=device)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    size = int(state["config"]["image_size"])
-    channels = int(state["in_channels"])
-    images = load_catalog(catalog, size=size, channels=channels, skip_bad=skip_bad,
-                          progress=progress)
+    model, config = load_simclr(checkpoint, device=device)
+    size = config.image_size
+    images = load_catalog(catalog, size=size, channels=model.encoder.in_channels,
+                          skip_bad=skip_bad, progress=progress)
     h, _ = encode_images(model, images.images, size=size, batch_size=batch_size, device=device,
                          progress=progress)
     if normalize:
         h = F.normalize(h, dim=1)
     meta = {
         "checkpoint": str(Path(checkpoint).resolve()),
-        "arch": state["config"]["arch"],
+        "arch": config.arch,
         "dim": h.shape[1],
         "image_size": size,
         "normalized": normalize,

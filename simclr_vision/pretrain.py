@@ -278,13 +278,15 @@ def pretrain(
     return PretrainResult(model=model, history=history, checkpoint=checkpoint)
 
 
-def load_simclr(checkpoint: str | Path, device: str | torch.device = "cpu") -> SimCLR:
-    """The SimCLR model saved in a pretraining checkpoint, in eval mode."""
+def load_simclr(
+    checkpoint: str | Path, device: str | torch.device = "cpu"
+) -> tuple[SimCLR, PretrainConfig]:
+    """The SimCLR model saved in a pretraining checkpoint (in eval mode) and its config."""
     state = torch.load(checkpoint, map_location=device, weights_only=True)
     cfg = PretrainConfig(**state["config"])
     model = cfg.build_model(state["in_channels"])
     model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    return model.to(device).eval(), cfg
 
 
 def _optimizer(cfg: PretrainConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -43,7 +43,8 @@ def test_one_row_per_product_with_h_and_metadata(shop_and_checkpoint, tmp_path, 
     assert meta["dim"] == 32 and meta["image_size"] == 12 and meta["normalized"] is normalize
     assert meta["checkpoint"] == str(checkpoint.resolve()) and meta["skipped"] == []
     # The same h the model gives (resized to the pretraining size, eval mode), batch-invariant.
-    h, _ = encode_images(load_simclr(checkpoint), load_catalog(catalog, size=12).images, size=12)
+    model, _ = load_simclr(checkpoint)
+    h, _ = encode_images(model, load_catalog(catalog, size=12).images, size=12)
     if normalize:
         h = torch.nn.functional.normalize(h, dim=1)
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)

@@ -81,8 +81,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(straight[name], resumed[name]), name
     assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["last.pt"]
 
-    reloaded = load_simclr(tmp_path / "resumed" / "last.pt")
-    assert not reloaded.training
+    reloaded, config = load_simclr(tmp_path / "resumed" / "last.pt")
+    assert not reloaded.training and config.epochs == 3
     for name, value in reloaded.state_dict().items():
         assert torch.equal(value, resumed[name]), name
 
