@@ -37,8 +37,9 @@ TINY = PretrainConfig(
 )
 
 
-def test_a_tiny_pretrain_lowers_the_loss():
-    result = pretrain(IMAGES, TINY)
+@pytest.mark.parametrize(("optimizer", "lr"), [("lars", 1.0), ("sgd", 0.3), ("adamw", 1e-2)])
+def test_a_tiny_pretrain_lowers_the_loss(optimizer, lr):
+    result = pretrain(IMAGES, dataclasses.replace(TINY, optimizer=optimizer, lr=lr))
     first, second = (h["epoch_loss"] for h in result.history)
     assert first < torch.log(torch.tensor(63.0)).item() + 0.05  # ≈ chance: log(2B − 1)
     assert second < first - 0.1, result.history
