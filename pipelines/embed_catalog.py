@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 
 from pipelines.config import parse_config, resolve_device, save_config
 from pipelines.tracking import stage_run
-from simclr_vision.embed import METADATA_KEY, embed_catalog
+from simclr_vision.embed import embed_catalog
+from twotower.vectors import METADATA_KEY
 
 STAGE = "embed_catalog"
 

@@ -9,23 +9,17 @@ h, not z, describes a product (Chen et al. 2020, §4.2).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch.nn.functional as F
 
 from simclr_vision.data import load_catalog
 from simclr_vision.model import encode_images
 from simclr_vision.pretrain import load_simclr
-from twotower.files import atomic_path
+from twotower.vectors import write_vectors
 
-__all__ = ["METADATA_KEY", "embed_catalog", "write_embeddings"]
-
-METADATA_KEY = b"twotower.embeddings"
+__all__ = ["embed_catalog"]
 
 
 def embed_catalog(
@@ -61,23 +55,4 @@ def embed_catalog(
         "catalog": str(Path(catalog).resolve()),
         "skipped": list(images.skipped),
     }
-    return write_embeddings(images.ids, h.numpy(), out, meta)
-
-
-def write_embeddings(
-    ids: list[str],
-    vectors: np.ndarray,
-    out: str | os.PathLike[str],
-    metadata: dict[str, object],
-) -> Path:
-    """Write `item_id` and fixed-size float32 `embedding` rows, `metadata` as JSON, atomically."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[0] != len(ids):
-        raise ValueError(f"need one (dim,) vector per id: {len(ids)} ids, {vectors.shape} vectors")
-    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
-    table = pa.table({"item_id": pa.array(ids, pa.string()), "embedding": embedding})
-    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
-    return out
+    return write_vectors(images.ids, h.numpy(), out, meta)

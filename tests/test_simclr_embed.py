@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from simclr_vision.data import load_catalog
-from simclr_vision.embed import METADATA_KEY, embed_catalog, write_embeddings
+from simclr_vision.embed import embed_catalog
 from simclr_vision.model import encode_images
 from simclr_vision.pretrain import PretrainConfig, load_simclr, pretrain
 from twotower.synthetic import ShopConfig, make_shop, write_shop
+from twotower.vectors import METADATA_KEY, read_vectors
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +51,7 @@ def test_one_row_per_product_with_h_and_metadata(shop_and_checkpoint, tmp_path, 
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(vectors, h.numpy(), rtol=1e-4, atol=1e-5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.parquet"]
+    read = read_vectors(out)  # the reader the index and the evaluator use agrees
+    np.testing.assert_array_equal(read.vectors, vectors)
+    assert read.metadata == meta
 
-
-def test_write_embeddings_refuses_misaligned_rows_and_writes_nothing(tmp_path):
-    with pytest.raises(ValueError, match="one \\(dim,\\) vector per id"):
-        write_embeddings(["a", "b"], np.zeros((3, 4)), tmp_path / "e.parquet", {})
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_a_missing_checkpoint_is_named(shop_and_checkpoint, tmp_path):
-    catalog, _ = shop_and_checkpoint
-    with pytest.raises(FileNotFoundError, match=r"nope\.pt"):
-        embed_catalog(catalog, tmp_path / "nope.pt", tmp_path / "e.parquet")
-    assert list(tmp_path.iterdir()) == []
