@@ -1,0 +1,238 @@
+"""evaluate(): what is masked and counted, the baselines against naive twins, slices, ANN recall,
+and popularity / EASE on MovieLens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from twotower.data import PrepareConfig, prepare
+from twotower.evaluate import (
+    EASEScorer,
+    EvalQueries,
+    PopularityScorer,
+    VectorScorer,
+    evaluate,
+    image_knn,
+    item_slices,
+    load_queries,
+)
+from twotower.index import ItemIndex
+from twotower.metrics import ranking_metrics
+from twotower.vectors import Vectors
+
+RATINGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / \
+    "ratings.csv"
+
+
+def _log(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """Three users, five items; the test cut falls after t=8 (temporal, 2/10 of the rows)."""
+    root = tmp_path_factory.mktemp("tiny")
+    log = _log([
+        ("u1", "a", 1), ("u1", "b", 2), ("u2", "a", 3), ("u2", "c", 4), ("u3", "b", 5),
+        ("u3", "d", 6), ("u1", "c", 7), ("u2", "d", 8),
+        # test period: u1 gets e (new) and a (seen in training: dropped); u3 gets a.
+        ("u1", "e", 9), ("u1", "a", 10), ("u3", "a", 11),
+    ])
+    log.to_parquet(root / "log.parquet")
+    cfg = PrepareConfig(min_user_interactions=1, min_item_interactions=1, valid_fraction=0.05,
+                        test_fraction=0.25)
+    return prepare(root / "log.parquet", root / "prepared", cfg)
+
+
+def test_queries_mask_training_items_and_drop_targets_already_seen(tiny):
+    queries = load_queries(tiny, "test")
+    ids = queries.item_ids
+    assert queries.user_id.tolist() == ["u1", "u3"]
+    as_ids = lambda arrays: [sorted(ids[a].tolist()) for a in arrays]  # noqa: E731
+    assert as_ids(queries.relevant) == [["e"], ["a"]]  # u1's repeat of "a" is not a target
+    assert as_ids(queries.seen) == [["a", "b", "c"], ["b", "d"]]
+    # The history is what came before the user's first target, in time order.
+    assert [ids[h].tolist() for h in queries.history] == [["a", "b", "c"], ["b", "d"]]
+    assert queries.item_counts[ids.tolist().index("e")] == 0  # e is new: cold
+
+
+def test_item_slices_split_warm_items_into_head_and_tail():
+    counts = np.array([0, 10, 1, 5, 0, 3, 2])
+    queries = EvalQueries(user_index=np.zeros(0, int), user_id=np.zeros(0, str), history=[],
+                          seen=[], relevant=[], item_ids=np.array(list("abcdefg")),
+                          item_counts=counts)
+    slices = item_slices(queries, head_fraction=0.4)
+    # warm items 1, 2, 3, 5, 6 by count: 1 (10), 3 (5), 5 (3), 6 (2), 2 (1); head = ceil(0.4·5)
+    assert slices["head"].tolist() == [1, 3]
+    assert slices["tail"].tolist() == [2, 5, 6]
+    assert slices["cold"].tolist() == [0, 4]
+    assert slices["warm"].tolist() == [1, 2, 3, 5, 6]
+
+
+def _random_queries(rng, n_users=40, n_items=60) -> EvalQueries:
+    counts = rng.integers(0, 30, n_items) * (rng.random(n_items) > 0.15)
+    seen = [np.sort(rng.choice(n_items, rng.integers(0, 20), replace=False))
+            for _ in range(n_users)]
+    relevant = [np.setdiff1d(rng.choice(n_items, rng.integers(1, 8)), s) for s in seen]
+    keep = [i for i, r in enumerate(relevant) if r.size]
+    return EvalQueries(
+        user_index=np.array(keep), user_id=np.array([f"u{i}" for i in keep]),
+        history=[seen[i][::-1] for i in keep], seen=[seen[i] for i in keep],
+        relevant=[relevant[i] for i in keep],
+        item_ids=np.array([f"i{j:03d}" for j in range(n_items)]), item_counts=counts,
+    )
+
+
+def test_popularity_ranks_unseen_items_by_training_count():
+    queries = _random_queries(np.random.default_rng(0))
+    ranked = PopularityScorer.from_queries(queries).rank(queries, 10)
+    for u, row in enumerate(ranked):
+        allowed = np.setdiff1d(np.arange(len(queries.item_ids)), queries.seen[u])
+        counts = np.sort(queries.item_counts[allowed])[::-1][:10]
+        got = queries.item_counts[[int(i[1:]) for i in row]]
+        np.testing.assert_array_equal(got, counts)
+        assert not set(row) & set(queries.item_ids[queries.seen[u]])
+
+
+def _ease_naive(x: np.ndarray, l2: float) -> np.ndarray:
+    """Steck 2019 from its definition: column j is a ridge regression of x_j on the other
+    columns (the constraint B_jj = 0 removes x_j from its own inputs)."""
+    n = x.shape[1]
+    weights = np.zeros((n, n))
+    for j in range(n):
+        others = [i for i in range(n) if i != j]
+        a = x[:, others]
+        weights[others, j] = np.linalg.solve(a.T @ a + l2 * np.eye(n - 1), a.T @ x[:, j])
+    return weights
+
+
+def test_ease_closed_form_equals_per_column_ridge_regressions():
+    rng = np.random.default_rng(1)
+    users, items = rng.integers(0, 30, 200), rng.integers(0, 12, 200)
+    fitted = EASEScorer.fit(users, items, np.array([f"i{j}" for j in range(12)]), l2=3.0)
+    x = np.zeros((30, 12))
+    x[users, items] = 1.0  # binary, repeats once
+    np.testing.assert_allclose(fitted.weights, _ease_naive(x, 3.0), atol=1e-5)
+    assert np.all(np.diag(fitted.weights) == 0)
+
+
+def test_ease_ranks_by_history_times_b_without_seen_items():
+    rng = np.random.default_rng(2)
+    queries = _random_queries(rng)
+    users, items = rng.integers(0, 50, 600), rng.integers(0, 60, 600)
+    scorer = EASEScorer.fit(users, items, queries.item_ids, l2=10.0)
+    ranked = scorer.rank(queries, 5)
+    for u, row in enumerate(ranked):
+        scores = scorer.weights[queries.seen[u]].sum(axis=0)
+        scores[queries.seen[u]] = -np.inf
+        best = sorted(range(60), key=lambda i: (-scores[i], -scorer.popularity[i], i))[:5]
+        np.testing.assert_array_equal(row, queries.item_ids[best])
+    assert np.array_equal(scorer.popularity, np.bincount(
+        np.unique(users * 60 + items) % 60, minlength=60))  # users per item
+
+
+def test_ease_gives_a_user_without_history_the_most_popular_items():
+    rng = np.random.default_rng(7)
+    queries = _random_queries(rng)
+    queries = EvalQueries(**{**queries.__dict__, "seen": [np.zeros(0, np.int64)] * len(queries)})
+    users, items = rng.integers(0, 50, 600), rng.integers(0, 60, 600)
+    scorer = EASEScorer.fit(users, items, queries.item_ids, l2=10.0)
+    top = queries.item_ids[np.argsort(-scorer.popularity, kind="stable")[:10]]
+    assert (scorer.rank(queries, 10) == top).all()
+
+
+def test_ease_refuses_a_catalog_too_large_for_memory():
+    with pytest.raises(MemoryError, match=r"EASE on 100,000 items needs about 223\.5 GiB"):
+        EASEScorer.fit(np.array([0]), np.array([0]), np.arange(100_000).astype(str),
+                       max_memory_gib=16)
+
+
+def test_evaluate_equals_metrics_on_each_slice_computed_by_hand():
+    rng = np.random.default_rng(3)
+    queries = _random_queries(rng)
+    scorer = PopularityScorer.from_queries(queries)
+    table = evaluate(queries, {"pop": scorer}, ks=(5, 10), head_fraction=0.3)
+    ranked = scorer.rank(queries, 10)
+    for name, items in item_slices(queries, 0.3).items():
+        relevant = [queries.item_ids[np.intersect1d(r, items)] for r in queries.relevant]
+        if not any(r.size for r in relevant):
+            assert name not in set(table["slice"])
+            continue
+        expected = ranking_metrics(ranked, relevant, [5, 10])
+        got = table[table["slice"] == name].set_index(["metric", "k"])["value"]
+        for key, value in expected.items():
+            metric, k = key.split("@")
+            assert got[(metric, int(k))] == pytest.approx(value)
+    coverage = table[table["metric"] == "coverage"].set_index("k")["value"]
+    assert coverage[10] == pytest.approx(len(np.unique(ranked)) / 60)
+
+
+def test_an_oracle_scorer_scores_one_and_ann_recall_of_flat_is_one():
+    rng = np.random.default_rng(4)
+    queries = _random_queries(rng, n_items=80)
+    dim = 80  # one-hot item vectors: a user vector that is the sum of its targets finds them
+    items = np.eye(dim, dtype=np.float32)
+
+    def oracle(q: EvalQueries) -> np.ndarray:
+        out = np.full((len(q), dim), 1e-3, np.float32)
+        for u, r in enumerate(q.relevant):
+            out[u, r] = 1.0
+        return out
+
+    index = ItemIndex.build(items, queries.item_ids, "flat")
+    scorer = VectorScorer(index=index, user_vectors=oracle, exact=index)
+    table = evaluate(queries, {"oracle": scorer}, ks=(10,))
+    capped = table.query("metric == 'recall_capped' and slice == 'all'")["value"].item()
+    assert capped == pytest.approx(1.0)
+    assert table.query("metric == 'ann_recall'")["value"].item() == pytest.approx(1.0)
+
+
+def test_image_knn_user_is_the_mean_of_history_embeddings():
+    rng = np.random.default_rng(5)
+    queries = _random_queries(rng)
+    vectors = rng.standard_normal((60, 8)).astype(np.float32)
+    embeddings = Vectors(ids=queries.item_ids[::-1].copy(), vectors=vectors[::-1].copy())
+    scorer = image_knn(embeddings, device="cpu")
+    users = scorer.user_vectors(queries)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    for u, history in enumerate(queries.history):
+        expected = unit[history].mean(axis=0) if history.size else unit.mean(axis=0)
+        np.testing.assert_allclose(users[u], expected, atol=1e-6)
+    ranked = scorer.rank(queries, 5)
+    for u, row in enumerate(ranked):
+        assert not set(row) & set(queries.item_ids[queries.seen[u]])
+
+
+def test_ann_recall_against_exact_search_is_reported_for_an_approximate_index():
+    rng = np.random.default_rng(6)
+    queries = _random_queries(rng, n_users=200, n_items=2000)
+    vectors = rng.standard_normal((2000, 16)).astype(np.float32)
+    users = rng.standard_normal((len(queries), 16)).astype(np.float32)
+    approx = ItemIndex.build(vectors, queries.item_ids, "ivf", nlist=40, nprobe=2)
+    exact = ItemIndex.build(vectors, queries.item_ids, "flat")
+    scorer = VectorScorer(index=approx, user_vectors=lambda q: users[
+        np.searchsorted(queries.user_index, q.user_index)], exact=exact)
+    table = evaluate(queries, {"ivf": scorer}, ks=(10, 20))
+    ann = table.query("metric == 'ann_recall'").set_index("k")["value"]
+    found = scorer.rank(queries, 20)
+    truth = scorer.rank_exact(queries, 20)
+    expected = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(found, truth, strict=True)])
+    assert ann[20] == pytest.approx(expected)
+    assert 0.0 < ann[20] < 1.0  # nprobe=2 of 40 lists misses some, but not all
+
+
+@pytest.mark.skipif(not RATINGS.is_file(), reason=f"MovieLens ratings {RATINGS} is absent")
+def test_movielens_temporal_ease_beats_popularity(tmp_path):
+    cfg = PrepareConfig(columns={"userId": "user_id", "movieId": "item_id"})
+    folder = prepare(RATINGS, tmp_path / "ml", cfg)
+    queries = load_queries(folder, "test")
+    scorers = {"popularity": PopularityScorer.from_queries(queries),
+               "ease": EASEScorer.from_prepared(folder, l2=500.0)}
+    table = evaluate(queries, scorers, ks=(20,))
+    recall = table.query("slice == 'all' and metric == 'recall'").set_index("scorer")["value"]
+    assert len(queries) > 50
+    assert recall["ease"] > recall["popularity"] > 0.0

@@ -1,0 +1,416 @@
+"""Offline retrieval evaluation over a prepared split: any scorer, the baselines, slices.
+
+Protocol (DESIGN.md, "Retrieval and evaluation"): every user with targets in the split gets a
+full-catalog ranking; the items the user has already seen (training items and the query
+history) are masked, so they are neither returned nor counted as targets; a target the user
+had already seen is dropped. The metrics (twotower.metrics) are reported for each k, overall
+and per slice of items:
+
+    all     every target
+    warm    targets with training interactions        cold   targets with none (new items)
+    head    warm targets among the `head_fraction` most popular items (by training count)
+    tail    the other warm targets
+
+A slice restricts the targets, never the ranking: tail recall@50 is the share of a user's
+tail targets found in the same top 50 that overall recall is computed from.
+
+A scorer is anything with `rank(queries, k) -> (U, k) item ids`. Here: `PopularityScorer`
+(training counts), `EASEScorer` (Steck 2019), and `VectorScorer` (user vectors searched in an
+`ItemIndex`), which also serves the image-kNN baseline (`image_knn`) and trained two-tower
+models. A `VectorScorer` given an exact index beside an approximate one also reports the ANN
+index's recall@k against exact search.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from twotower.files import DataError
+from twotower.index import ItemIndex
+from twotower.metrics import coverage_at_k, ranking_metrics
+from twotower.vectors import Vectors
+
+__all__ = [
+    "KS",
+    "SLICES",
+    "EASEScorer",
+    "EvalQueries",
+    "PopularityScorer",
+    "Scorer",
+    "VectorScorer",
+    "evaluate",
+    "image_knn",
+    "item_slices",
+    "load_queries",
+]
+
+KS = (10, 20, 50, 100)
+SLICES = ("all", "warm", "cold", "head", "tail")
+
+
+@dataclass(frozen=True)
+class EvalQueries:
+    """The users of one evaluation split, as scorers see them (item lists hold item_index)."""
+
+    user_index: np.ndarray
+    """(U,) int: the users, in user_index order."""
+    user_id: np.ndarray
+    """(U,) str."""
+    history: list[np.ndarray]
+    """Per user, the time-ordered recent items before the user's first target (fold-in items
+    for holdout users): what a model may read."""
+    seen: list[np.ndarray]
+    """Per user, every item to mask: training items and the history."""
+    relevant: list[np.ndarray]
+    """Per user, the targets not already seen (never empty)."""
+    item_ids: np.ndarray
+    """(I,) str: item_index → item_id for the prepared catalog."""
+    item_counts: np.ndarray
+    """(I,) int: training interactions per item."""
+    dropped: int = 0
+    """Users of the split left out because every target was an item they had already seen."""
+
+    def __len__(self) -> int:
+        return len(self.user_index)
+
+    def take(self, rows: np.ndarray | slice) -> EvalQueries:
+        """The queries of some users (rows of this set)."""
+        picked = np.arange(len(self))[rows]
+        return replace(
+            self,
+            user_index=self.user_index[picked], user_id=self.user_id[picked],
+            history=[self.history[i] for i in picked], seen=[self.seen[i] for i in picked],
+            relevant=[self.relevant[i] for i in picked],
+        )
+
+
+def load_queries(prepared: str | os.PathLike[str], split: str = "test") -> EvalQueries:
+    """The users of `split` ("valid" or "test") of a prepared folder, with what to mask."""
+    folder = Path(prepared)
+    if split not in ("valid", "test"):
+        raise DataError(f"unknown split {split!r}; choose 'valid' or 'test'", path=folder)
+    paths = {name: folder / f"{name}.parquet" for name in (split, "users", "items")}
+    for path in paths.values():
+        if not path.is_file():
+            raise DataError("missing; is this a folder written by twotower.prepare?", path=path)
+    targets = pl.read_parquet(paths[split], columns=["user_index", "item_index", "timestamp",
+                                                     "history"])
+    users = pl.read_parquet(paths["users"], columns=["user_index", "user_id", "history"])
+    items = pl.read_parquet(paths["items"], columns=["item_index", "item_id", "count"])
+    items = items.sort("item_index")
+    if not (items["item_index"].to_numpy() == np.arange(len(items))).all():
+        raise DataError("item_index is not 0..I-1", path=paths["items"], column="item_index")
+    per_user = (
+        targets.sort(["user_index", "timestamp"])
+        .group_by("user_index", maintain_order=True)
+        .agg(pl.col("history").first(), pl.col("item_index").unique().alias("targets"))
+        .join(users.rename({"history": "train"}), on="user_index", how="left")
+        .with_columns(seen=pl.concat_list("train", "history").list.unique())
+        .with_columns(relevant=pl.col("targets").list.set_difference("seen"))
+    )
+    if per_user["user_id"].null_count():
+        raise DataError("a target's user_index is not in users.parquet", path=paths[split],
+                        column="user_index")
+    kept = per_user.filter(pl.col("relevant").list.len() > 0)
+    return EvalQueries(
+        user_index=kept["user_index"].to_numpy().astype(np.int64),
+        user_id=np.asarray(kept["user_id"].to_numpy(), dtype=str),
+        history=_arrays(kept["history"]),
+        seen=[np.sort(a) for a in _arrays(kept["seen"])],
+        relevant=[np.sort(a) for a in _arrays(kept["relevant"])],
+        item_ids=np.asarray(items["item_id"].to_numpy(), dtype=str),
+        item_counts=items["count"].to_numpy().astype(np.int64),
+        dropped=len(per_user) - len(kept),
+    )
+
+
+def item_slices(queries: EvalQueries, head_fraction: float = 0.2) -> dict[str, np.ndarray]:
+    """Slice name → the item_index values in it (see the module docstring)."""
+    if not 0.0 < head_fraction < 1.0:
+        raise ValueError(f"head_fraction must lie in (0, 1), got {head_fraction!r}")
+    counts = queries.item_counts
+    warm = np.flatnonzero(counts > 0)
+    by_popularity = warm[np.argsort(-counts[warm], kind="stable")]
+    n_head = math.ceil(head_fraction * warm.size)
+    return {
+        "all": np.arange(counts.size),
+        "warm": warm,
+        "cold": np.flatnonzero(counts == 0),
+        "head": np.sort(by_popularity[:n_head]),
+        "tail": np.sort(by_popularity[n_head:]),
+    }
+
+
+class Scorer(Protocol):
+    """Ranks the catalog for each query user."""
+
+    n_items: int
+    """How many distinct items it can return (the denominator of coverage@k)."""
+
+    def rank(self, queries: EvalQueries, k: int) -> np.ndarray:
+        """(U, k) item ids, best first, none of them in the user's `seen` items."""
+        ...
+
+
+class PopularityScorer:
+    """Every user gets the most-interacted training items they have not seen."""
+
+    def __init__(self, item_ids: np.ndarray, counts: np.ndarray) -> None:
+        # Popularity is a 1-d inner product (count · 1) in an exact index, so masking and the
+        # top-k are the ItemIndex's own; stable ties by catalog order.
+        self._index = ItemIndex.build(np.asarray(counts, np.float32)[:, None], item_ids,
+                                      "flat", device="cpu", normalize=False)
+        self.n_items = len(item_ids)
+
+    @classmethod
+    def from_queries(cls, queries: EvalQueries) -> PopularityScorer:
+        return cls(queries.item_ids, queries.item_counts)
+
+    def rank(self, queries: EvalQueries, k: int) -> np.ndarray:
+        ones = np.ones((len(queries), 1), np.float32)
+        return self._index.search(ones, k, exclude=_seen_ids(queries))[1]
+
+
+class EASEScorer:
+    """EASE (Steck 2019, "Embarrassingly Shallow Autoencoders for Sparse Data").
+
+    B = argmin ‖X − XB‖² + λ‖B‖² s.t. diag(B) = 0 has the closed form (eq. 8)
+        P = (XᵀX + λI)⁻¹,   B_ij = −P_ij / P_jj  (i ≠ j),   B_jj = 0,
+    with X the binary user × item training matrix; a user's scores are x_u B. Ties are broken
+    by training popularity: a user with no history scores 0 everywhere and gets the most
+    popular items, as any deployed system would serve them.
+    It holds three dense I × I float64 matrices while fitting, so it refuses catalogs whose
+    matrices do not fit in memory.
+    """
+
+    def __init__(self, weights: np.ndarray, item_ids: np.ndarray, popularity: np.ndarray) -> None:
+        self.weights = weights  # (I, I) float32, B
+        self.item_ids = item_ids
+        self.popularity = popularity  # (I,) training users per item, the tie-break
+        self.n_items = len(item_ids)
+
+    @classmethod
+    def fit(
+        cls,
+        users: np.ndarray,
+        items: np.ndarray,
+        item_ids: np.ndarray,
+        *,
+        l2: float = 500.0,
+        max_memory_gib: float | None = None,
+    ) -> EASEScorer:
+        """Fit B on (user, item) training pairs; items index `item_ids` (I,)."""
+        if l2 <= 0:
+            raise ValueError(f"EASE needs an L2 penalty λ > 0, got {l2!r}")
+        n = len(item_ids)
+        need = 3 * n * n * 8 / 2**30
+        budget = _available_gib() if max_memory_gib is None else max_memory_gib
+        if need > budget:
+            raise MemoryError(
+                f"EASE on {n:,} items needs about {need:.1f} GiB for its three dense "
+                f"{n:,}-by-{n:,} float64 matrices, more than the {budget:.1f} GiB available; "
+                "shrink the catalog (raise min_item_interactions when preparing) or leave EASE "
+                "out of the baselines"
+            )
+        users = np.asarray(users, np.int64)
+        x = sp.csr_matrix((np.ones(users.size), (users, np.asarray(items, np.int64))),
+                          shape=(int(users.max(initial=-1)) + 1, n))
+        x.sum_duplicates()
+        x.data[:] = 1.0  # binary: repeated (user, item) pairs count once
+        gram = (x.T @ x).toarray()  # (I, I) co-occurrence counts
+        gram[np.diag_indices(n)] += l2
+        precision = np.linalg.inv(gram)
+        del gram
+        weights = precision / -np.diag(precision)  # column j divided by −P_jj
+        weights[np.diag_indices(n)] = 0.0
+        popularity = np.asarray(x.sum(axis=0)).ravel()
+        return cls(weights.astype(np.float32), np.asarray(item_ids), popularity)
+
+    @classmethod
+    def from_prepared(
+        cls, prepared: str | os.PathLike[str], *, l2: float = 500.0,
+        max_memory_gib: float | None = None,
+    ) -> EASEScorer:
+        """Fit on a prepared folder's training split."""
+        folder = Path(prepared)
+        train = pl.read_parquet(folder / "train.parquet", columns=["user_index", "item_index"])
+        items = pl.read_parquet(folder / "items.parquet", columns=["item_index", "item_id"])
+        item_ids = np.asarray(items.sort("item_index")["item_id"].to_numpy(), dtype=str)
+        return cls.fit(train["user_index"].to_numpy(), train["item_index"].to_numpy(), item_ids,
+                       l2=l2, max_memory_gib=max_memory_gib)
+
+    def rank(self, queries: EvalQueries, k: int) -> np.ndarray:
+        counts = np.array([s.size for s in queries.seen], np.int64)
+        if (self.n_items - counts < k).any():
+            u = int(np.flatnonzero(self.n_items - counts < k)[0])
+            raise ValueError(f"user {queries.user_id[u]!r} has seen {counts[u]} of "
+                             f"{self.n_items} items, leaving fewer than k={k} to rank")
+        rows = np.repeat(np.arange(len(queries)), counts)
+        seen = np.concatenate(queries.seen) if len(queries) else np.zeros(0, np.int64)
+        x = np.zeros((len(queries), self.n_items), np.float32)  # (U, I) binary histories
+        x[rows, seen] = 1.0
+        scores = x @ self.weights  # (U, I)
+        scores[rows, seen] = -np.inf
+        popularity = np.broadcast_to(-self.popularity, scores.shape)
+        order = np.lexsort((popularity, -scores), axis=1)[:, :k]  # by score, then popularity
+        return self.item_ids[order]
+
+
+@dataclass
+class VectorScorer:
+    """User vectors searched in an ItemIndex: two-tower models and the image-kNN baseline.
+
+    `user_vectors(queries)` returns (U, d) float32, one row per query user. With `exact` (a
+    flat index over the same item vectors) beside an approximate `index`, `evaluate` also
+    reports the index's recall@k against exact search.
+    """
+
+    index: ItemIndex
+    user_vectors: Callable[[EvalQueries], np.ndarray]
+    exact: ItemIndex | None = None
+    n_items: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n_items = len(self.index)
+
+    def rank(self, queries: EvalQueries, k: int) -> np.ndarray:
+        return self._search(self.index, queries, k)
+
+    def rank_exact(self, queries: EvalQueries, k: int) -> np.ndarray:
+        if self.exact is None:
+            raise ValueError("this VectorScorer has no exact index to compare against")
+        return self._search(self.exact, queries, k)
+
+    def _search(self, index: ItemIndex, queries: EvalQueries, k: int) -> np.ndarray:
+        vectors = self.user_vectors(queries)
+        ids = index.search(vectors, k, exclude=_seen_ids(queries))[1]
+        return ids.astype(str) if ids.dtype.kind != "U" else ids
+
+
+def image_knn(embeddings: Vectors, *, device: str = "auto") -> VectorScorer:
+    """The image-kNN baseline: a user is the mean of their history's L2-normalized image
+    embeddings, and gets the products nearest to it.
+
+    History items without an embedding are skipped; a user with none gets the catalog's mean
+    embedding (every user then sees the same, most central products).
+    """
+    unit = embeddings.vectors / np.linalg.norm(embeddings.vectors, axis=1, keepdims=True)
+    index = ItemIndex.build(unit, embeddings.ids, "flat", device=device,
+                            source=str(embeddings.metadata.get("checkpoint", "")) or None)
+    row_of = pd.Index(embeddings.ids)
+    fallback = unit.mean(axis=0)
+
+    def user_vectors(queries: EvalQueries) -> np.ndarray:
+        out = np.empty((len(queries), unit.shape[1]), np.float32)
+        for u, history in enumerate(queries.history):
+            rows = row_of.get_indexer(queries.item_ids[history])
+            rows = rows[rows >= 0]
+            out[u] = unit[rows].mean(axis=0) if rows.size else fallback
+        return out
+
+    return VectorScorer(index=index, user_vectors=user_vectors)
+
+
+def evaluate(
+    queries: EvalQueries,
+    scorers: Mapping[str, Scorer],
+    *,
+    ks: Sequence[int] = KS,
+    head_fraction: float = 0.2,
+    batch_size: int = 1024,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Rank the catalog for every query user with every scorer; return the metrics table.
+
+    Columns: scorer, slice, metric (recall, recall_capped, ndcg, hit_rate, mrr; coverage and
+    ann_recall on slice "all"), k, value, users (query users with a target in the slice).
+    A slice without targets in this split is left out.
+    """
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks!r}")
+    if not len(queries):
+        raise DataError("no user of this split has a target they had not already seen")
+    relevant_by_slice = {}  # slice → (per user, the target ids in the slice; users with any)
+    for slice_name, items in item_slices(queries, head_fraction).items():
+        mask = np.isin(np.arange(len(queries.item_ids)), items)
+        relevant = [queries.item_ids[r[mask[r]]] for r in queries.relevant]
+        users = sum(r.size > 0 for r in relevant)
+        if users:
+            relevant_by_slice[slice_name] = (relevant, users)
+    rows: list[dict] = []
+    for name, scorer in scorers.items():
+        top = max(ks)
+        if top > scorer.n_items:
+            raise ValueError(f"scorer {name!r} can return {scorer.n_items} items; largest k is "
+                             f"{top}")
+        ranked = _in_batches(scorer.rank, queries, top, batch_size, f"rank {name}", progress)
+        for slice_name, (relevant, users) in relevant_by_slice.items():
+            for metric_k, value in ranking_metrics(ranked, relevant, ks).items():
+                metric, k = metric_k.split("@")
+                rows.append({"scorer": name, "slice": slice_name, "metric": metric,
+                             "k": int(k), "value": value, "users": users})
+        for k in ks:
+            rows.append({"scorer": name, "slice": "all", "metric": "coverage", "k": k,
+                         "value": coverage_at_k(ranked, k, scorer.n_items),
+                         "users": len(queries)})
+        if isinstance(scorer, VectorScorer) and scorer.exact is not None:
+            exact = _in_batches(scorer.rank_exact, queries, top, batch_size, f"exact {name}",
+                                progress)
+            for k in ks:
+                rows.append({"scorer": name, "slice": "all", "metric": "ann_recall", "k": k,
+                             "value": _overlap(ranked[:, :k], exact[:, :k]),
+                             "users": len(queries)})
+    return pd.DataFrame(rows, columns=["scorer", "slice", "metric", "k", "value", "users"])
+
+
+# -------------------------------------------------------------------- helpers
+def _arrays(column: pl.Series) -> list[np.ndarray]:
+    """A list column as one int64 numpy array per row."""
+    lengths = column.list.len().fill_null(0).to_numpy()
+    values = column.explode().drop_nulls().to_numpy().astype(np.int64)
+    return np.split(values, np.cumsum(lengths)[:-1])
+
+
+def _seen_ids(queries: EvalQueries) -> list[np.ndarray]:
+    return [queries.item_ids[s] for s in queries.seen]
+
+
+def _in_batches(
+    rank: Callable[[EvalQueries, int], np.ndarray], queries: EvalQueries, k: int,
+    batch_size: int, desc: str, progress: bool,
+) -> np.ndarray:
+    parts = [rank(queries.take(slice(start, start + batch_size)), k)
+             for start in tqdm(range(0, len(queries), batch_size), desc=desc, unit="batch",
+                               disable=not progress)]
+    return np.concatenate(parts)
+
+
+def _overlap(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean |found ∩ exact| / k over rows: an ANN index's recall@k against exact search."""
+    k = found.shape[1]
+    return float(np.mean([np.intersect1d(a, b).size / k
+                          for a, b in zip(found, exact, strict=True)]))
+
+
+def _available_gib() -> float:
+    """Memory the OS could give us now (Linux MemAvailable; total RAM elsewhere)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
