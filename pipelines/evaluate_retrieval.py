@@ -1,0 +1,182 @@
+r"""Stage `evaluate_retrieval`: offline recall@k / NDCG@k of models and baselines on one split.
+
+    python -m pipelines.evaluate_retrieval --prepared runs/ml/prepare --run-dir runs/ml \
+        --baselines popularity ease
+    python -m pipelines.evaluate_retrieval --run-dir runs/demo \
+        --models two_tower=runs/demo/build_index/two_tower \
+        --user-vectors two_tower=runs/demo/train_two_tower/user_vectors_test.parquet \
+        --baselines popularity ease image_knn \
+        --embeddings runs/demo/embed_catalog/embeddings.parquet
+
+Every user of the split with a target gets a full-catalog ranking with their training items
+masked (`twotower.evaluate`). Scorers: each model (a saved `ItemIndex` plus a user vectors
+Parquet keyed by `user_id`; an approximate index is also measured against exact search over the
+vectors it was built from) and the baselines popularity, EASE (Steck 2019) and image-kNN (needs
+`--embeddings`). It writes `<run_dir>/evaluate_retrieval/` — metrics.csv, report.md,
+recall_at_k.png, ndcg_at_k.png — and logs every value as an MLflow metric
+`scorer/slice/metric_at_k` with those files as artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from pipelines.config import parse_config, resolve_device, save_config
+from pipelines.report import write_report
+from pipelines.tracking import stage_run
+from twotower.evaluate import (
+    KS,
+    EASEScorer,
+    EvalQueries,
+    PopularityScorer,
+    Scorer,
+    VectorScorer,
+    evaluate,
+    image_knn,
+    load_queries,
+)
+from twotower.files import DataError
+from twotower.index import ItemIndex
+from twotower.vectors import read_vectors
+
+__all__ = ["EvaluateRetrievalConfig", "main", "model_scorer", "run"]
+
+STAGE = "evaluate_retrieval"
+Baseline = Literal["popularity", "ease", "image_knn"]
+
+
+@dataclass
+class EvaluateRetrievalConfig:
+    """Evaluate models and baselines on a prepared split (stage `evaluate_retrieval`)."""
+
+    run_dir: str = "runs/demo"
+    """The pipeline's run folder; this stage writes `<run_dir>/evaluate_retrieval/`."""
+    prepared: str | None = None
+    """Prepared folder (`twotower.prepare` output); None: `<run_dir>/prepare`."""
+    split: Literal["valid", "test"] = "test"
+    """Which split's users and targets to rank for."""
+    ks: tuple[int, ...] = KS
+    """Cut-offs k of every metric@k."""
+    models: dict[str, str] = field(default_factory=dict)
+    """Model name → its index folder (`build_index` output)."""
+    user_vectors: dict[str, str] = field(default_factory=dict)
+    """Model name → its user vectors Parquet (user_id, embedding) for the split's users."""
+    baselines: tuple[Baseline, ...] = ("popularity", "ease")
+    """Baselines to rank with beside the models: popularity, ease, image_knn."""
+    embeddings: str | None = None
+    """Image embeddings Parquet (item_id, embedding) for the image_knn baseline."""
+    ease_l2: float = 500.0
+    """EASE's L2 penalty λ."""
+    head_fraction: float = 0.2
+    """Share of the warm items, most popular first, in the `head` slice; the rest is `tail`."""
+    device: str = "auto"
+    """Where indexes search: auto (a GPU when present), cpu or cuda."""
+
+    def __post_init__(self) -> None:
+        if set(self.models) != set(self.user_vectors):
+            raise ValueError(
+                f"every model needs both an index and user vectors: --models names "
+                f"{sorted(self.models)}, --user-vectors names {sorted(self.user_vectors)}")
+        if "image_knn" in self.baselines and self.embeddings is None:
+            raise ValueError("the image_knn baseline needs --embeddings (an embeddings Parquet)")
+        clash = set(self.models) & set(self.baselines)
+        if clash:
+            raise ValueError(f"model name(s) {sorted(clash)} clash with a baseline's name")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be positive integers, got {self.ks!r}")
+        if not self.models and not self.baselines:
+            raise ValueError("nothing to evaluate: give --models or --baselines")
+
+    @property
+    def prepared_dir(self) -> Path:
+        return Path(self.prepared) if self.prepared is not None else Path(self.run_dir) / "prepare"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run_dir) / STAGE
+
+
+def model_scorer(index_dir: str, user_vectors: str, *, device: str = "cpu") -> VectorScorer:
+    """A saved index searched with precomputed user vectors; exact search beside an ANN index.
+
+    The exact reference is a flat index over the vectors the approximate one was built from
+    (its metadata's `source`), when that file is still there.
+    """
+    index = ItemIndex.load(index_dir, device=device)
+    users = read_vectors(user_vectors, id_column="user_id")
+    if users.vectors.shape[1] != index.dim:
+        raise DataError(f"user vectors have dimension {users.vectors.shape[1]} but the index "
+                        f"{index_dir} has {index.dim}", path=user_vectors, column="embedding")
+    exact = None
+    if index.kind != "flat" and index.source and Path(index.source).is_file():
+        items = read_vectors(index.source)
+        exact = ItemIndex.build(items.vectors, items.ids, "flat", device=device,
+                                normalize=index.normalized)
+    row_of = pd.Index(users.ids)
+
+    def vectors_for(queries: EvalQueries) -> np.ndarray:
+        rows = row_of.get_indexer(queries.user_id)
+        if (rows < 0).any():
+            missing = queries.user_id[rows < 0]
+            raise DataError(f"no vector for {missing.size} user(s) of the split", path=user_vectors,
+                            column="user_id", value=str(missing[0]))
+        return users.vectors[rows]
+
+    return VectorScorer(index=index, user_vectors=vectors_for, exact=exact)
+
+
+def _scorers(cfg: EvaluateRetrievalConfig, queries: EvalQueries, device: str) -> dict[str, Scorer]:
+    scorers: dict[str, Scorer] = {
+        name: model_scorer(cfg.models[name], cfg.user_vectors[name], device=device)
+        for name in cfg.models}
+    for name in cfg.baselines:
+        if name == "popularity":
+            scorers[name] = PopularityScorer.from_queries(queries)
+        elif name == "ease":
+            scorers[name] = EASEScorer.from_prepared(cfg.prepared_dir, l2=cfg.ease_l2)
+        else:
+            scorers[name] = image_knn(read_vectors(cfg.embeddings), device=device)
+    return scorers
+
+
+def run(cfg: EvaluateRetrievalConfig) -> dict[str, Any]:
+    """Evaluate, write the report and plots, and return the headline metrics per scorer."""
+    device = resolve_device(cfg.device)
+    queries = load_queries(cfg.prepared_dir, cfg.split)
+    with stage_run(STAGE, cfg, cfg.run_dir) as tracker:
+        save_config(cfg, cfg.out_dir / "config.json")
+        table = evaluate(queries, _scorers(cfg, queries, device), ks=cfg.ks,
+                         head_fraction=cfg.head_fraction, progress=True)
+        tracker.log({f"{r.scorer}/{r.slice}/{r.metric}_at_{r.k}": r.value
+                     for r in table.itertuples()}, step=0)
+        notes = [f"Split `{cfg.split}` of `{cfg.prepared_dir}`: {len(queries):,} users with a "
+                 f"target they had not seen ({queries.dropped:,} left out whose every target "
+                 "they had seen); training items masked."]
+        paths = write_report(table, cfg.out_dir, notes=notes)
+        for path in paths.values():
+            tracker.artifact(path, folder="report")
+        k = 20 if 20 in cfg.ks else min(cfg.ks)
+        overall = table[(table["slice"] == "all") & (table["k"] == k)]
+        headline = {scorer: {f"{m}@{k}": round(float(v), 4)
+                             for m, v in zip(part["metric"], part["value"], strict=True)
+                             if m in ("recall", "ndcg")}
+                    for scorer, part in overall.groupby("scorer", sort=False)}
+        return {"users": len(queries), "report": str(paths["report"]), "metrics": headline,
+                "run_id": tracker.run_id}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse `EvaluateRetrievalConfig` from the command line, run it and print its summary."""
+    summary = run(parse_config(EvaluateRetrievalConfig, argv))
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The evaluation report: the metrics table as CSV, a markdown summary and recall@k plots.
+
+`write_report(table, out_dir)` takes the long table `twotower.evaluate.evaluate` returns (one row
+per scorer, slice, metric and k) and writes, atomically each:
+
+    metrics.csv       the table itself
+    report.md         every metric of every scorer at every k on all targets; then recall@k
+                      per slice (warm / cold items, head / tail by popularity), and ANN recall
+    recall_at_k.png   recall@k against k, one line per scorer, one panel per slice
+    ndcg_at_k.png     the same for NDCG@k
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure  # no pyplot: no display or global figure state needed
+
+from twotower.files import atomic_path
+
+__all__ = ["markdown", "plot_curves", "write_report"]
+
+_SUMMARY_METRICS = ("recall", "recall_capped", "ndcg", "hit_rate", "mrr", "coverage")
+
+
+def markdown(frame: pd.DataFrame, digits: int = 4) -> str:
+    """A DataFrame as a markdown table: the index as the first column, floats rounded."""
+    header = [frame.index.name or "", *map(str, frame.columns)]
+    cells = [[str(i), *(f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row)]
+             for i, row in zip(frame.index, frame.itertuples(index=False), strict=True)]
+    lines = ["| " + " | ".join(r) + " |" for r in [header, *cells]]
+    lines.insert(1, "|" + "|".join(["---"] + ["---:"] * len(frame.columns)) + "|")
+    return "\n".join(lines)
+
+
+def _by_k(table: pd.DataFrame, slice_name: str, metrics: Sequence[str]) -> pd.DataFrame:
+    """One row per (scorer, metric) on one slice, one column per k: `metric@k` values."""
+    rows = table[(table["slice"] == slice_name) & table["metric"].isin(metrics)]
+    scorers = list(pd.unique(rows["scorer"]))  # in the order they were evaluated
+    wide = rows.pivot_table(index=["scorer", "metric"], columns="k", values="value")
+    order = [(s, m) for s in scorers for m in metrics if (s, m) in wide.index]
+    wide = wide.reindex(order)
+    wide.index = [f"{s} / {m}" if len(metrics) > 1 else s for s, m in wide.index]
+    wide.index.name = "scorer / metric" if len(metrics) > 1 else "scorer"
+    wide.columns = [f"@{k}" for k in wide.columns]
+    return wide
+
+
+def plot_curves(table: pd.DataFrame, metric: str, path: str | os.PathLike[str]) -> Path:
+    """`metric`@k against k: one panel per slice, one line per scorer; written atomically."""
+    rows = table[table["metric"] == metric]
+    slices = list(pd.unique(rows["slice"]))
+    if not slices:
+        raise ValueError(f"the table has no {metric!r} rows to plot")
+    fig = Figure(figsize=(3.4 * len(slices), 3.4))
+    axes = fig.subplots(1, len(slices), sharey=True, squeeze=False)
+    for ax, slice_name in zip(axes[0], slices, strict=True):
+        part = rows[rows["slice"] == slice_name]
+        for scorer, curve in part.groupby("scorer", sort=False):
+            curve = curve.sort_values("k")
+            ax.plot(curve["k"], curve["value"], marker="o", label=scorer)
+        users = int(part["users"].max())
+        ax.set_title(f"{slice_name} ({users:,} users)")
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(part["k"].unique()), labels=map(str, sorted(part["k"].unique())))
+        ax.set_xlabel("k")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"{metric}@k")
+    axes[0][-1].legend(fontsize="small")
+    fig.suptitle(f"{metric}@k per scorer and item slice")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path
+
+
+def write_report(
+    table: pd.DataFrame, out_dir: str | os.PathLike[str], *, title: str = "Retrieval evaluation",
+    notes: Sequence[str] = (),
+) -> dict[str, Path]:
+    """Write metrics.csv, report.md, recall_at_k.png and ndcg_at_k.png into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"metrics": out / "metrics.csv", "report": out / "report.md"}
+    with atomic_path(paths["metrics"]) as tmp:
+        table.to_csv(tmp, index=False)
+    users = table.loc[table["slice"] == "all", "users"].max()
+    sections = [f"# {title}", "", *notes, *([""] if notes else []),
+                f"## All targets ({users:,} users)", "",
+                markdown(_by_k(table, "all", _SUMMARY_METRICS)), ""]
+    for slice_name in pd.unique(table["slice"]):
+        if slice_name == "all":
+            continue
+        n = table.loc[table["slice"] == slice_name, "users"].max()
+        sections += [f"## recall@k on {slice_name} items ({n:,} users with such a target)", "",
+                     markdown(_by_k(table, slice_name, ["recall"])), ""]
+    if (table["metric"] == "ann_recall").any():
+        sections += ["## ANN index recall@k against exact search", "",
+                     markdown(_by_k(table, "all", ["ann_recall"])), ""]
+    with atomic_path(paths["report"]) as tmp:
+        tmp.write_text("\n".join(sections))
+    for metric in ("recall", "ndcg"):
+        paths[f"{metric}_plot"] = plot_curves(table, metric, out / f"{metric}_at_k.png")
+    return paths

@@ -1,0 +1,175 @@
+"""The `build_index` and `evaluate_retrieval` stages and the report they write."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from pipelines.build_index import BuildIndexConfig
+from pipelines.build_index import run as build_index
+from pipelines.config import parse_config
+from pipelines.evaluate_retrieval import EvaluateRetrievalConfig
+from pipelines.evaluate_retrieval import run as evaluate_retrieval
+from pipelines.report import markdown, write_report
+from pipelines.tracking import tracking_uri
+from twotower.data import PrepareConfig, prepare
+from twotower.evaluate import load_queries
+from twotower.files import DataError
+from twotower.index import ItemIndex
+from twotower.vectors import read_vectors, write_vectors
+
+pytestmark = pytest.mark.usefixtures("local_mlflow")
+DIM = 8
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """A prepared random log (60 users, 40 items), item and user vectors, one run folder."""
+    root = tmp_path_factory.mktemp("shop")
+    rng = np.random.default_rng(0)
+    n = 1500
+    pl.DataFrame({
+        "user_id": [f"u{u}" for u in rng.integers(0, 60, n)],
+        "item_id": [f"i{i}" for i in (40 * rng.random(n) ** 1.5).astype(int)],
+        "timestamp": 1_700_000_000 + rng.permutation(n),
+    }).write_parquet(root / "log.parquet")
+    prepared = prepare(root / "log.parquet", root / "prepare",
+                       PrepareConfig(min_user_interactions=2, min_item_interactions=2))
+    items = pl.read_parquet(prepared / "items.parquet")["item_id"].to_list()
+    users = pl.read_parquet(prepared / "users.parquet")["user_id"].to_list()
+    write_vectors(items, rng.normal(size=(len(items), DIM)), root / "items.parquet", {})
+    write_vectors(users, rng.normal(size=(len(users), DIM)), root / "users.parquet", {},
+                  id_column="user_id")
+    return root
+
+
+def test_build_index_saves_a_loadable_index_and_tracks_it(shop, tmp_path):
+    cfg = BuildIndexConfig(vectors=str(shop / "items.parquet"), run_dir=str(tmp_path),
+                           name="model", kind="ivf", params={"nlist": 2, "nprobe": 1},
+                           device="cpu")
+    summary = build_index(cfg)
+
+    index = ItemIndex.load(summary["index"], device="cpu")
+    vectors = read_vectors(shop / "items.parquet")
+    assert (index.kind, index.params, len(index)) == ("ivf", {"nlist": 2, "nprobe": 1},
+                                                      len(vectors.ids))
+    assert index.source == str((shop / "items.parquet").resolve())
+    saved = json.loads((tmp_path / "build_index" / "model" / "config.json").read_text())
+    assert saved["params"] == {"nlist": 2, "nprobe": 1}
+    run = MlflowClient(tracking_uri(tmp_path)).get_run(summary["run_id"])
+    assert run.info.run_name == "build_index" and run.data.params["kind"] == "ivf"
+    assert run.data.metrics["items"] == len(vectors.ids) and run.data.metrics["build_seconds"] > 0
+
+
+def test_build_index_options_on_the_command_line():
+    cfg = parse_config(BuildIndexConfig, ["--vectors", "v.parquet", "--kind", "hnsw",
+                                          "--params", "M=16", "ef_search=64"])
+    assert (cfg.kind, cfg.params) == ("hnsw", {"M": 16, "ef_search": 64})
+    with pytest.raises(ValueError, match="kind must be one of"):
+        BuildIndexConfig(vectors="v.parquet", kind="lsh")
+    with pytest.raises(ValueError, match="plain folder name"):
+        BuildIndexConfig(vectors="v.parquet", name="../elsewhere")
+
+
+def test_evaluate_retrieval_ranks_models_and_baselines_and_writes_the_report(shop, tmp_path):
+    index = build_index(BuildIndexConfig(vectors=str(shop / "items.parquet"),
+                                         run_dir=str(tmp_path), name="model", kind="ivf",
+                                         params={"nlist": 2, "nprobe": 1}, device="cpu"))
+    cfg = EvaluateRetrievalConfig(
+        run_dir=str(tmp_path), prepared=str(shop / "prepare"), ks=(5, 10),
+        models={"model": index["index"]}, user_vectors={"model": str(shop / "users.parquet")},
+        baselines=("popularity", "ease", "image_knn"), embeddings=str(shop / "items.parquet"),
+        device="cpu")
+    summary = evaluate_retrieval(cfg)
+
+    out = tmp_path / "evaluate_retrieval"
+    table = pd.read_csv(out / "metrics.csv")
+    assert list(pd.unique(table["scorer"])) == ["model", "popularity", "ease", "image_knn"]
+    assert set(table["k"]) == {5, 10}
+    assert summary["users"] == len(load_queries(shop / "prepare", "test"))
+    # The approximate model index is measured against exact search over its source vectors.
+    ann = table.query("metric == 'ann_recall'")
+    assert set(ann["scorer"]) == {"model"} and ((ann["value"] > 0) & (ann["value"] <= 1)).all()
+    recall = table.query("slice == 'all' and metric == 'recall' and k == 5")
+    assert summary["metrics"]["ease"]["recall@5"] == pytest.approx(
+        recall.set_index("scorer").loc["ease", "value"], abs=1e-4)
+    report = (out / "report.md").read_text()
+    assert "| model / recall |" in report and "## recall@k on warm items" in report
+    assert "## ANN index recall@k against exact search" in report
+    for name in ("recall_at_k.png", "ndcg_at_k.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.width > 600
+    run = MlflowClient(tracking_uri(tmp_path)).get_run(summary["run_id"])
+    assert run.data.metrics["ease/all/recall_at_5"] == pytest.approx(
+        recall.set_index("scorer").loc["ease", "value"])
+    artifacts = {a.path for a in MlflowClient(tracking_uri(tmp_path)).list_artifacts(
+        summary["run_id"], "report")}
+    assert {"report/report.md", "report/metrics.csv", "report/recall_at_k.png"} <= artifacts
+
+
+def test_a_user_without_a_vector_is_named(shop, tmp_path):
+    vectors = read_vectors(shop / "users.parquet", id_column="user_id")
+    absent = load_queries(shop / "prepare", "test").user_id[0]
+    keep = vectors.ids != absent
+    write_vectors(vectors.ids[keep], vectors.vectors[keep], tmp_path / "few.parquet", {},
+                  id_column="user_id")
+    items = read_vectors(shop / "items.parquet")
+    ItemIndex.build(items.vectors, items.ids, device="cpu").save(tmp_path / "index")
+    cfg = EvaluateRetrievalConfig(run_dir=str(tmp_path), prepared=str(shop / "prepare"),
+                                  models={"m": str(tmp_path / "index")},
+                                  user_vectors={"m": str(tmp_path / "few.parquet")},
+                                  baselines=(), ks=(5,), device="cpu")
+    with pytest.raises(DataError, match=rf"few\.parquet, column 'user_id': no vector for 1 "
+                                        rf"user\(s\) of the split \(e\.g\. '{absent}'\)"):
+        evaluate_retrieval(cfg)
+    assert not (tmp_path / "evaluate_retrieval" / "report.md").exists()
+
+
+def test_evaluate_retrieval_config_refuses_what_cannot_run():
+    with pytest.raises(ValueError, match="both an index and user vectors"):
+        EvaluateRetrievalConfig(models={"m": "idx"})
+    with pytest.raises(ValueError, match="image_knn baseline needs --embeddings"):
+        EvaluateRetrievalConfig(baselines=("image_knn",))
+    with pytest.raises(ValueError, match="clash with a baseline"):
+        EvaluateRetrievalConfig(models={"ease": "idx"}, user_vectors={"ease": "u.parquet"})
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        EvaluateRetrievalConfig(baselines=())
+    cfg = parse_config(EvaluateRetrievalConfig, [
+        "--models", "tt=runs/x/build_index/tt", "--user-vectors", "tt=u.parquet",
+        "--baselines", "popularity", "--ks", "10", "50"])
+    assert (cfg.models, cfg.baselines, cfg.ks) == ({"tt": "runs/x/build_index/tt"},
+                                                  ("popularity",), (10, 50))
+    with pytest.raises(SystemExit):
+        parse_config(EvaluateRetrievalConfig, ["--baselines", "random"])
+
+
+def test_report_tables_hold_the_values_of_the_metrics_table(tmp_path):
+    rows = [("a", "all", "recall", 10, 0.25, 4), ("a", "all", "recall", 20, 0.5, 4),
+            ("b", "all", "recall", 10, 0.125, 4), ("b", "all", "recall", 20, 0.75, 4),
+            ("a", "cold", "recall", 10, 0.0, 2), ("a", "cold", "recall", 20, 1.0, 2),
+            ("b", "cold", "recall", 10, 0.5, 2), ("b", "cold", "recall", 20, 0.5, 2),
+            ("a", "all", "ndcg", 10, 0.3, 4), ("a", "all", "ndcg", 20, 0.4, 4),
+            ("b", "all", "ndcg", 10, 0.1, 4), ("b", "all", "ndcg", 20, 0.2, 4)]
+    table = pd.DataFrame(rows, columns=["scorer", "slice", "metric", "k", "value", "users"])
+    paths = write_report(table, tmp_path, title="T", notes=["a note"])
+
+    report = paths["report"].read_text()
+    assert report.startswith("# T\n\na note\n")
+    assert "| a / recall | 0.2500 | 0.5000 |" in report
+    assert "| b / ndcg | 0.1000 | 0.2000 |" in report
+    assert "## recall@k on cold items (2 users with such a target)" in report
+    assert "| b | 0.5000 | 0.5000 |" in report  # b's cold recall@10, @20
+    assert pd.read_csv(paths["metrics"]).equals(table)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "metrics.csv", "ndcg_at_k.png", "recall_at_k.png", "report.md"]  # no temporary left
+
+
+def test_markdown_rounds_floats_and_keeps_the_index():
+    frame = pd.DataFrame({"x": [1.0 / 3.0], "n": [7]}, index=pd.Index(["row"], name="name"))
+    assert markdown(frame, digits=2) == "| name | x | n |\n|---|---:|---:|\n| row | 0.33 | 7 |"
