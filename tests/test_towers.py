@@ -1,0 +1,140 @@
+"""The towers: shapes, unit norm, every parameter gets a gradient, the unknown rows, pooling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from twotower.towers import PAD, ItemFeatures, TowerConfig, TwoTower, pad_histories
+
+ITEMS, U, H, L = 12, 7, 5, 4
+
+
+def _features(images: bool = True, attributes: bool = True) -> ItemFeatures:
+    rng = np.random.default_rng(0)
+    warm = np.ones(ITEMS, bool)
+    warm[-2:] = False  # two cold items
+    has_image = np.ones(ITEMS, bool)
+    has_image[0] = False
+    return ItemFeatures(
+        warm=warm,
+        images=rng.normal(size=(ITEMS, H)).astype(np.float32) * has_image[:, None] if images
+        else None,
+        has_image=has_image if images else None,
+        attributes={"category": rng.integers(0, 3, ITEMS), "brand": rng.integers(0, 5, ITEMS)}
+        if attributes else {},
+    )
+
+
+def _batch(b: int = 6) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    history = torch.randint(0, ITEMS, (b, L), generator=g)
+    history[0] = PAD  # a user without history
+    history[1, :2] = PAD
+    return {"user_index": torch.tensor([0, 1, 2, 3, -1, 6])[:b], "history": history,
+            "item_index": torch.randint(0, ITEMS, (b,), generator=g)}
+
+
+VARIANTS = {
+    "everything": (TowerConfig(dim=8, hidden_dim=16, id_dim=4, image_dim=4, attribute_dim=3),
+                   dict(images=True, attributes=True)),
+    "ids only": (TowerConfig(dim=8, hidden_dim=16, id_dim=4), dict(images=False,
+                                                                    attributes=False)),
+    "image only, no user id, linear head": (
+        TowerConfig(dim=8, hidden_dim=16, image_dim=4, item_id=False, user_id=False,
+                    head="linear"), dict(images=True, attributes=False)),
+    "attributes only, no head": (
+        TowerConfig(dim=16, hidden_dim=16, item_id=False, head="none"),
+        dict(images=False, attributes=True)),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_shapes_unit_norm_and_every_parameter_gets_a_gradient(name):
+    config, which = VARIANTS[name]
+    torch.manual_seed(0)
+    model = TwoTower(np.ones(U, bool), _features(**which), config)
+    users, items = model(_batch())
+    assert users.shape == items.shape == (6, config.dim)
+    assert torch.allclose(users.norm(dim=1), torch.ones(6), atol=1e-5)
+    assert torch.allclose(items.norm(dim=1), torch.ones(6), atol=1e-5)
+    assert torch.isfinite(users).all() and torch.isfinite(items).all()
+    (users * items).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing
+
+
+def test_the_frozen_image_embedding_is_a_buffer_not_a_parameter():
+    model = TwoTower(np.ones(U, bool), _features(), VARIANTS["everything"][0])
+    assert "item_tower.images" in dict(model.named_buffers())
+    assert all("images" not in n for n, _ in model.named_parameters())
+
+
+def test_cold_items_and_unknown_users_share_the_unknown_rows():
+    torch.manual_seed(0)
+    users_warm = np.ones(U, bool)
+    users_warm[3] = False
+    config = TowerConfig(dim=8, hidden_dim=16, id_dim=4)
+    model = TwoTower(users_warm, _features(images=False, attributes=False), config).eval()
+    cold_a, cold_b = model.item_tower(torch.tensor([ITEMS - 2, ITEMS - 1]))
+    assert torch.equal(cold_a, cold_b)  # no input but the unknown id: the same vector
+    history = torch.full((3, L), PAD)
+    a, b, c = model.user_tower(torch.tensor([3, -1, 0]), history)
+    assert torch.equal(a, b) and not torch.allclose(a, c)  # cold user 3 = an unknown user
+
+
+def test_id_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    config = TowerConfig(dim=8, hidden_dim=16, id_dim=4, id_dropout=0.5)
+    model = TwoTower(np.ones(U, bool), _features(images=False, attributes=False), config)
+    items = torch.zeros(200, dtype=torch.long)
+    model.train()
+    features = model.item_tower.features(items)
+    unknown = model.item_tower.ids.weight[0]
+    dropped = (features == unknown).all(dim=1).float().mean()
+    assert 0.35 < dropped < 0.65
+    model.eval()
+    assert not (model.item_tower.features(items) == unknown).all(dim=1).any()
+
+
+def test_history_pools_are_the_mean_and_the_recency_weighted_mean_of_item_features():
+    torch.manual_seed(0)
+    config = TowerConfig(dim=8, hidden_dim=16, id_dim=4, recency_decay=0.5, id_dropout=0.0)
+    model = TwoTower(np.ones(U, bool), _features(), config).eval()
+    history = torch.tensor([[PAD, 3, 5, 7], [PAD, PAD, PAD, PAD]])
+    pooled = model.user_tower.pooled(history)
+    f = model.item_tower.features(torch.tensor([3, 5, 7]))
+    mean = f.mean(dim=0)
+    recency = (0.25 * f[0] + 0.5 * f[1] + 1.0 * f[2]) / 1.75  # newest last, weight 1
+    assert torch.allclose(pooled[0], torch.cat([mean, recency]), atol=1e-6)
+    assert torch.equal(pooled[1], torch.zeros_like(pooled[1]))
+
+
+def test_eval_vectors_cover_every_item_and_match_the_forward_pass():
+    torch.manual_seed(0)
+    model = TwoTower(np.ones(U, bool), _features(), VARIANTS["everything"][0]).eval()
+    vectors = model.item_vectors(batch_size=5)
+    assert vectors.shape == (ITEMS, 8)
+    assert torch.allclose(vectors, model.item_tower(torch.arange(ITEMS)), atol=1e-6)
+    batch = _batch()
+    users = model.user_vectors(batch["user_index"], batch["history"], batch_size=4)
+    assert torch.allclose(users, model(batch)[0], atol=1e-6)
+    assert model.training is False
+
+
+def test_pad_histories_keeps_the_newest_at_the_right():
+    out = pad_histories([np.array([1, 2, 3, 4, 5]), np.array([9]), np.array([], np.int64)], 3)
+    assert out.tolist() == [[3, 4, 5], [PAD, PAD, 9], [PAD, PAD, PAD]]
+
+
+def test_bad_configurations_are_refused():
+    with pytest.raises(ValueError, match="id_dropout"):
+        TowerConfig(id_dropout=1.0)
+    with pytest.raises(ValueError, match="dim must be positive"):
+        TowerConfig(dim=0)
+    with pytest.raises(ValueError, match="no input"):
+        TwoTower(np.ones(U, bool), _features(images=False, attributes=False),
+                 TowerConfig(item_id=False))
+    with pytest.raises(ValueError, match="attribute 'c' must be"):
+        ItemFeatures(warm=np.ones(3, bool), attributes={"c": np.array([0.5, 1.0, 2.0])})
