@@ -1,0 +1,78 @@
+"""Training rows and histories against a naive reading of the prepared folder; item features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+
+from twotower.data import PrepareConfig, prepare
+from twotower.files import DataError
+from twotower.inputs import item_features, load_training
+from twotower.towers import PAD
+from twotower.vectors import Vectors
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(3)
+    n = 600
+    pl.DataFrame({
+        "user_id": [f"u{u}" for u in rng.integers(0, 30, n)],
+        "item_id": [f"i{i}" for i in rng.integers(0, 25, n)],
+        "timestamp": 1_700_000_000 + rng.integers(0, 5000, n),
+    }).write_parquet(root / "log.parquet")
+    return prepare(root / "log.parquet", root / "prepare",
+                   PrepareConfig(min_user_interactions=2, min_item_interactions=2))
+
+
+def test_histories_are_the_latest_earlier_training_items(prepared):
+    rows = load_training(prepared)
+    train = pl.read_parquet(prepared / "train.parquet")
+    users = pl.read_parquet(prepared / "users.parquet").sort("user_index")
+    sequences = users["history"].to_list()
+    picked = np.arange(len(rows))
+    for length in (1, 3, 8):
+        got = rows.histories(picked, length)
+        for r, (u, p) in enumerate(zip(train["user_index"], train["position"], strict=True)):
+            earlier = sequences[u][:p][-length:]
+            assert got[r].tolist() == [PAD] * (length - len(earlier)) + earlier
+    whole = rows.user_histories(np.arange(rows.num_users), 4)
+    for u, sequence in enumerate(sequences):
+        assert whole[u].tolist() == [PAD] * (4 - len(sequence[-4:])) + sequence[-4:]
+    assert rows.item_counts.sum() == len(rows)
+    assert rows.users_warm.tolist() == [len(s) > 0 for s in sequences]
+
+
+def test_item_features_align_embeddings_and_attributes_with_item_index(prepared):
+    items = pl.read_parquet(prepared / "items.parquet").sort("item_index")
+    ids = items["item_id"].to_list()
+    given = [*ids[::2], "not-in-the-log"]
+    vectors = np.arange(len(given) * 3, dtype=np.float32).reshape(-1, 3)
+    colours = (["red", "blue", None] * len(ids))[:len(ids) - 1]
+    catalog = pd.DataFrame({"item_id": ids[1:], "colour": colours})  # ids[0] is absent
+    features = item_features(prepared, embeddings=Vectors(np.array(given), vectors),
+                             catalog=catalog, attributes=["colour"])
+    for i, item in enumerate(ids):
+        if item in given:
+            assert features.has_image[i] and (features.images[i] == vectors[given.index(item)]
+                                              ).all()
+        else:
+            assert not features.has_image[i] and not features.images[i].any()
+    colour = dict(zip(ids[1:], colours, strict=True))
+    codes = {None: 0, "blue": 1, "red": 2}  # 0: absent or null; then sorted values
+    assert features.attributes["colour"].tolist() == [codes[colour.get(i)] for i in ids]
+    assert features.warm.tolist() == (items["count"] > 0).to_list()
+
+
+def test_bad_inputs_name_what_is_wrong(prepared, tmp_path):
+    with pytest.raises(DataError, match=r"train\.parquet: missing"):
+        load_training(tmp_path)
+    with pytest.raises(DataError, match="no prepared item has an image embedding"):
+        item_features(prepared, embeddings=Vectors(np.array(["x"]), np.ones((1, 2), np.float32)))
+    with pytest.raises(DataError, match=r"catalog lacks column\(s\) \['size'\]"):
+        item_features(prepared, catalog=pd.DataFrame({"item_id": ["i1"]}), attributes=["size"])
+    with pytest.raises(ValueError, match="need a catalog table"):
+        item_features(prepared, attributes=["size"])

@@ -1,0 +1,154 @@
+"""What the two-tower model reads from a prepared folder: training rows, histories, item features.
+
+`load_training(prepared)` holds the training split as integer arrays plus each user's training
+sequence (CSR), so a batch of rows gets its users' histories by index arithmetic:
+row r = (user u, item i, position p) has history users.history[u][max(0, p − L) : p], the L
+most recent training items strictly before it (DESIGN.md, prepared folder).
+
+`item_features(prepared, embeddings=..., catalog=..., attributes=...)` lines up the frozen
+image embeddings and categorical catalog attributes with the prepared item_index order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from twotower.files import DataError
+from twotower.towers import PAD, ItemFeatures
+from twotower.vectors import Vectors
+
+__all__ = ["TrainingRows", "item_features", "load_training"]
+
+
+@dataclass(frozen=True)
+class TrainingRows:
+    """The training split of a prepared folder, as numpy."""
+
+    user: np.ndarray
+    """(N,) int64 user_index of each training row."""
+    item: np.ndarray
+    """(N,) int64 item_index of each training row."""
+    position: np.ndarray
+    """(N,) int64 index of the row in its user's time-ordered training sequence."""
+    offsets: np.ndarray
+    """(U + 1,) int64: user u's sequence is sequence_items[offsets[u]:offsets[u + 1]]."""
+    sequence_items: np.ndarray
+    """(N,) int64 every user's training items in time order, user after user."""
+    item_counts: np.ndarray
+    """(I,) int64 training rows per item."""
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    @property
+    def num_users(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_counts)
+
+    @property
+    def users_warm(self) -> np.ndarray:
+        """(U,) bool: users with at least one training row."""
+        return np.diff(self.offsets) > 0
+
+    def histories(self, rows: np.ndarray, length: int) -> np.ndarray:
+        """(B, length) int64: each row's most recent `length` earlier training items, newest
+        last, PAD on the left."""
+        first = self.offsets[self.user[rows]]
+        return self._window(first, first + self.position[rows], length)
+
+    def user_histories(self, users: np.ndarray, length: int) -> np.ndarray:
+        """(U, length) int64: each user's last `length` training items, as for a new row."""
+        return self._window(self.offsets[users], self.offsets[users + 1], length)
+
+    def _window(self, first: np.ndarray, end: np.ndarray, length: int) -> np.ndarray:
+        """(B, length): sequence_items[max(first, end − length) : end] per row, left-padded."""
+        take = end[:, None] - length + np.arange(length)[None, :]  # (B, L) positions
+        out = self.sequence_items[np.clip(take, 0, max(len(self.sequence_items) - 1, 0))]
+        return np.where(take >= first[:, None], out, PAD)
+
+
+def load_training(prepared: str | os.PathLike[str]) -> TrainingRows:
+    """The training split and user sequences of a folder written by `twotower.prepare`."""
+    folder = Path(prepared)
+    paths = {name: folder / f"{name}.parquet" for name in ("train", "users", "items")}
+    for path in paths.values():
+        if not path.is_file():
+            raise DataError("missing; is this a folder written by twotower.prepare?", path=path)
+    train = pl.read_parquet(paths["train"], columns=["user_index", "item_index", "position"])
+    users = pl.read_parquet(paths["users"], columns=["user_index", "history"]).sort("user_index")
+    items = pl.read_parquet(paths["items"], columns=["item_index", "count"]).sort("item_index")
+    if len(train) == 0:
+        raise DataError("the training split is empty", path=paths["train"])
+    lengths = users["history"].list.len().fill_null(0).to_numpy().astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    user = train["user_index"].to_numpy().astype(np.int64)
+    position = train["position"].to_numpy().astype(np.int64)
+    if user.max() >= len(lengths) or (position >= lengths[user]).any():
+        raise DataError("a training row's user_index or position does not match users.parquet",
+                        path=paths["train"], column="position")
+    return TrainingRows(
+        user=user,
+        item=train["item_index"].to_numpy().astype(np.int64),
+        position=position,
+        offsets=offsets,
+        sequence_items=users["history"].explode().drop_nulls().to_numpy().astype(np.int64),
+        item_counts=items["count"].to_numpy().astype(np.int64),
+    )
+
+
+def item_features(
+    prepared: str | os.PathLike[str],
+    *,
+    embeddings: Vectors | None = None,
+    catalog: pd.DataFrame | None = None,
+    attributes: Sequence[str] = (),
+) -> ItemFeatures:
+    """The item tower's inputs for the prepared items, in item_index order.
+
+    embeddings: frozen image h per item_id (items without one get zeros and `has_image`
+    False). catalog + attributes: categorical columns of a catalog table keyed by item_id,
+    coded 1.. in sorted order of their values, 0 for an item absent from the catalog or null.
+    """
+    path = Path(prepared) / "items.parquet"
+    if not path.is_file():
+        raise DataError("missing; is this a folder written by twotower.prepare?", path=path)
+    items = pl.read_parquet(path, columns=["item_index", "item_id", "count"]).sort("item_index")
+    ids = pd.Index(np.asarray(items["item_id"].to_numpy(), dtype=str))
+    images = has_image = None
+    if embeddings is not None:
+        rows = pd.Index(embeddings.ids).get_indexer(ids)
+        has_image = rows >= 0
+        if not has_image.any():
+            raise DataError("no prepared item has an image embedding; do the ids match "
+                            f"items.parquet's item_id (e.g. {ids[0]!r})?",
+                            value=str(embeddings.ids[0]) if len(embeddings.ids) else None)
+        images = np.where(has_image[:, None], embeddings.vectors[np.maximum(rows, 0)], 0.0)
+        images = images.astype(np.float32)
+    codes = {}
+    if attributes:
+        if catalog is None:
+            raise ValueError(f"attributes {list(attributes)} need a catalog table")
+        missing = [c for c in ("item_id", *attributes) if c not in catalog.columns]
+        if missing:
+            raise DataError(f"catalog lacks column(s) {missing}; it has {list(catalog.columns)}",
+                            column=missing[0])
+        table = catalog.assign(item_id=catalog["item_id"].astype(str)).drop_duplicates("item_id")
+        table = table.set_index("item_id").reindex(ids)
+        for name in attributes:
+            column = table[name]
+            values = np.sort(column.dropna().astype(str).unique())
+            coded = np.searchsorted(values, column.fillna("").astype(str).to_numpy()) + 1
+            known = column.notna().to_numpy()
+            codes[name] = np.where(known, coded, 0).astype(np.int64)
+    return ItemFeatures(warm=items["count"].to_numpy() > 0, images=images, has_image=has_image,
+                        attributes=codes)
