@@ -1,0 +1,256 @@
+"""fit(): the loss it minimises (logQ, accidental hits, mixed negatives), validation and early
+stopping, exact resume, two gloo processes, and the exported vectors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import twotower.train as train_module
+from twotower.data import PrepareConfig, prepare
+from twotower.evaluate import load_queries
+from twotower.frequency import log_q_from_counts
+from twotower.inputs import load_training
+from twotower.synthetic import ShopConfig, make_shop
+from twotower.towers import TowerConfig
+from twotower.train import TrainConfig, export_vectors, fit, user_vectors_for
+from twotower.vectors import Vectors, read_vectors
+
+TOWER = TowerConfig(dim=8, hidden_dim=16, id_dim=8, image_dim=4, attribute_dim=4)
+TINY = TrainConfig(epochs=2, batch_size=64, lr=5e-3, val_k=10, max_history=5, tower=TOWER,
+                   max_val_users=None)
+
+
+@pytest.fixture(scope="module")
+def shop_dir(tmp_path_factory) -> Path:
+    """A small synthetic shop, prepared with the temporal protocol, plus random 'image h'."""
+    root = tmp_path_factory.mktemp("shop")
+    shop = make_shop(ShopConfig(num_items=80, num_users=60, num_interactions=3000, image_size=8))
+    shop.interactions.to_parquet(root / "log.parquet")
+    shop.catalog.to_parquet(root / "catalog.parquet")
+    prepare(root / "log.parquet", root / "prepare",
+            PrepareConfig(min_user_interactions=3, min_item_interactions=3))
+    return root
+
+
+def _images(shop_dir: Path, dim: int = 6) -> Vectors:
+    ids = pl.read_parquet(shop_dir / "catalog.parquet")["item_id"].to_numpy().astype(str)
+    rng = np.random.default_rng(1)
+    return Vectors(ids=ids, vectors=rng.normal(size=(len(ids), dim)).astype(np.float32))
+
+
+class _Spy:
+    """Wraps info_nce to record each call's keyword arguments."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[dict] = []
+        real = train_module.info_nce
+
+        def spy(queries, candidates, **kwargs):
+            self.calls.append({"queries": queries, "candidates": candidates, **kwargs})
+            return real(queries, candidates, **kwargs)
+
+        monkeypatch.setattr(train_module, "info_nce", spy)
+
+
+def test_training_lowers_the_loss_and_keeps_the_best_validation_epoch(shop_dir):
+    logged: list[tuple[dict, int]] = []
+    cfg = dataclasses.replace(TINY, epochs=4)
+    result = fit(shop_dir / "prepare", cfg, embeddings=_images(shop_dir),
+                 catalog=pl.read_parquet(shop_dir / "catalog.parquet").to_pandas(),
+                 attributes=("category", "pattern"), log=lambda m, s: logged.append((m, s)),
+                 progress=False)
+    steps = [m["loss"] for m, _ in logged if "loss" in m]
+    rows = len(load_training(shop_dir / "prepare"))
+    assert len(steps) == 4 * (rows // 64)
+    first, last = np.mean(steps[:5]), np.mean(steps[-5:])
+    assert last < first - 0.2, (first, last)
+    epochs = [m for m, _ in logged if "epoch/val_recall@10" in m]
+    assert len(epochs) == 4 == len(result.history)
+    recalls = [h["val_recall@10"] for h in result.history]
+    assert result.best_epoch == int(np.argmax(recalls)) + 1
+    assert max(recalls) > 10 / 80  # better than a random top 10 of 80 items
+
+
+def test_counts_logq_is_the_in_batch_probability_and_hits_are_masked(shop_dir, monkeypatch):
+    spy = _Spy(monkeypatch)
+    fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=1), progress=False)
+    rows = load_training(shop_dir / "prepare")
+    expected = torch.as_tensor(log_q_from_counts(rows.item_counts, 64), dtype=torch.float32)
+    call = spy.calls[0]
+    assert torch.equal(call["log_q"], expected[call["candidate_ids"]])
+    assert call["candidate_ids"].shape == (64,)  # accidental hits masked by item id
+    assert call["extra_candidates"] is None and not call["normalize"]
+
+
+def test_logq_none_and_hits_unmasked_pass_nothing(shop_dir, monkeypatch):
+    spy = _Spy(monkeypatch)
+    fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=1, logq="none",
+                                                  mask_accidental_hits=False), progress=False)
+    assert spy.calls[0]["log_q"] is None and spy.calls[0]["candidate_ids"] is None
+
+
+def test_streaming_logq_comes_from_the_estimator(shop_dir, monkeypatch):
+    spy = _Spy(monkeypatch)
+    result = fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=2, logq="streaming"),
+                 progress=False)
+    first = spy.calls[0]["log_q"]
+    # After one update (step 0) every present item's gap is 1: q̂ = 1.
+    assert torch.equal(first, torch.zeros_like(first))
+    assert (spy.calls[-1]["log_q"] < 0).any()
+    assert result.log_q.shape == (load_training(shop_dir / "prepare").num_items,)
+
+
+def test_mixed_negatives_add_uniform_items_with_their_own_logq(shop_dir, monkeypatch):
+    spy = _Spy(monkeypatch)
+    fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=1, mixed_negatives=16),
+        progress=False)
+    call = spy.calls[0]
+    n_items = load_training(shop_dir / "prepare").num_items
+    assert call["extra_candidates"].shape == (16, TOWER.dim)
+    q = 1 - (1 - 1 / n_items) ** 16
+    assert torch.allclose(call["extra_log_q"], torch.full((16,), math.log(q)))
+    assert call["extra_candidate_ids"].shape == (16,)
+    assert (call["extra_candidate_ids"] < n_items).all()
+
+
+def test_learned_temperature_moves_and_stays_in_range(shop_dir):
+    logged = []
+    fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=1, learn_temperature=True,
+                                                  temperature=0.5, lr=5e-2),
+        log=lambda m, s: logged.append(m), progress=False)
+    taus = [m["temperature"] for m in logged if "temperature" in m]
+    assert taus[0] == pytest.approx(0.5, rel=1e-6) and taus[-1] != taus[0]
+    assert all(0.01 - 1e-6 <= t <= 1.0 + 1e-6 for t in taus)
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(shop_dir, tmp_path):
+    cfg = dataclasses.replace(TINY, epochs=3, mixed_negatives=4, logq="streaming",
+                              tower=dataclasses.replace(TOWER, id_dropout=0.2),
+                              checkpoint_dir=str(tmp_path / "straight"))
+    straight = fit(shop_dir / "prepare", cfg, progress=False)
+    steps = len(load_training(shop_dir / "prepare")) // cfg.batch_size
+
+    def killed_in_epoch_two(metrics, step):
+        if "loss" in metrics and step > steps + 1:
+            raise KeyboardInterrupt("killed")
+
+    cfg = dataclasses.replace(cfg, checkpoint_dir=str(tmp_path / "resumed"))
+    with pytest.raises(KeyboardInterrupt):
+        fit(shop_dir / "prepare", cfg, log=killed_in_epoch_two, progress=False)
+    saved = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)
+    assert saved["state"]["epoch"] == 1
+    resumed = fit(shop_dir / "prepare", cfg, progress=False)
+    assert resumed.history == straight.history
+    assert resumed.best_epoch == straight.best_epoch
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["last.pt"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(shop_dir, tmp_path):
+    cfg = dataclasses.replace(TINY, epochs=1, checkpoint_dir=str(tmp_path))
+    fit(shop_dir / "prepare", cfg, progress=False)
+    more = fit(shop_dir / "prepare", dataclasses.replace(cfg, epochs=2), progress=False)
+    assert [h["epoch"] for h in more.history] == [1, 2]  # more epochs: resumed, not refused
+    with pytest.raises(ValueError, match=r"trained with tower\.dim=8, not 16"):
+        fit(shop_dir / "prepare", dataclasses.replace(
+            cfg, tower=dataclasses.replace(TOWER, dim=16)), progress=False)
+
+
+def test_a_non_finite_loss_stops_with_the_step(shop_dir, monkeypatch):
+    monkeypatch.setattr(train_module, "info_nce",
+                        lambda q, c, **kw: (q * c).sum() * float("nan"))
+    with pytest.raises(FloatingPointError, match=r"at step 0 \(epoch 1\)"):
+        fit(shop_dir / "prepare", TINY, progress=False)
+
+
+def test_early_stopping_after_patience_epochs_without_progress(shop_dir, monkeypatch):
+    scores = iter([0.3, 0.2, 0.25, 0.5, 0.9])
+    monkeypatch.setattr(train_module, "_validate", lambda *a: (next(scores), 0.0, 10))
+    result = fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=5, patience=2),
+                 progress=False)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3] and result.best_epoch == 1
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="logq must be"):
+        TrainConfig(logq="sampled")
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        TrainConfig(temperature=0)
+    with pytest.raises(ValueError, match="batch_size must be ≥ 1"):
+        TrainConfig(batch_size=0)
+
+
+def test_exported_vectors_match_the_model(shop_dir, tmp_path):
+    cfg = dataclasses.replace(TINY, epochs=1)
+    result = fit(shop_dir / "prepare", cfg, progress=False)
+    paths = export_vectors(result.model, shop_dir / "prepare", tmp_path, max_history=5,
+                           metadata={"checkpoint": "none"})
+    items = read_vectors(paths["items"])
+    queries = load_queries(shop_dir / "prepare", "test")
+    assert items.ids.tolist() == queries.item_ids.tolist()
+    assert np.allclose(np.linalg.norm(items.vectors, axis=1), 1, atol=1e-5)
+    assert np.allclose(items.vectors, result.model.item_vectors().numpy(), atol=1e-6)
+    test_users = read_vectors(paths["test"], id_column="user_id")
+    assert test_users.ids.tolist() == queries.user_id.tolist()
+    assert np.allclose(test_users.vectors, user_vectors_for(result.model, 5)(queries), atol=1e-6)
+    assert test_users.metadata["checkpoint"] == "none" and test_users.metadata["dim"] == 8
+    everyone = read_vectors(paths["users"], id_column="user_id")
+    assert len(everyone.ids) == pl.read_parquet(shop_dir / "prepare" / "users.parquet").height
+
+
+# -------------------------------------------------------------------- two gloo processes
+def _ddp_worker(r: int, init_file: str, prepared: str, out_dir: str, cfg: TrainConfig) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=r, world_size=2)
+    try:
+        losses = []
+        result = fit(prepared, cfg, log=lambda m, s: losses.append(m.get("loss")),
+                     progress=False)
+        weights = {k: v.detach() for k, v in result.model.named_parameters()}
+        torch.save({"weights": weights, "losses": [x for x in losses if x is not None]},
+                   Path(out_dir) / f"rank{r}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_train_like_one_process_on_the_joined_batch(shop_dir, tmp_path):
+    if not dist.is_available():
+        pytest.skip("torch was built without torch.distributed")
+    cfg = dataclasses.replace(TINY, epochs=1, mixed_negatives=0,
+                              tower=dataclasses.replace(TOWER, head="linear", id_dropout=0.0),
+                              checkpoint_dir=str(tmp_path / "ckpt"))
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(shop_dir / "prepare"),
+                                str(tmp_path), cfg), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for name, value in ranks[0]["weights"].items():
+        assert torch.equal(value, ranks[1]["weights"][name]), name
+    single = []
+    fit(shop_dir / "prepare", dataclasses.replace(cfg, checkpoint_dir=None),
+        log=lambda m, s: single.append(m.get("loss")), progress=False)
+    single = [x for x in single if x is not None]
+    # Each rank holds 32 rows; with the other rank's 32 gathered as negatives the loss is that
+    # of one process on the 64 rows, at the first step and (gradients averaged) after it.
+    assert ranks[0]["losses"][0] == pytest.approx(single[0], rel=1e-5)
+    assert np.allclose(ranks[0]["losses"], single, rtol=1e-3)
+    assert (tmp_path / "ckpt" / "last.pt").exists()
+
+
+@pytest.mark.gpu
+def test_cuda_training_in_bf16(shop_dir):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    result = fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=3, device="cuda"),
+                 embeddings=_images(shop_dir), progress=False)
+    assert next(result.model.parameters()).device.type == "cuda"
+    assert result.history[-1]["loss"] < result.history[0]["loss"]

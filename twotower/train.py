@@ -1,0 +1,440 @@
+"""Training the two-tower model on a prepared folder: `TrainConfig`, `fit()`, `export_vectors()`.
+
+Each step draws B training rows (user, positive item, the user's history before it), encodes
+both sides and minimises `info_nce` with the other positives of the batch as negatives:
+
+    logit_ij = cos(user_i, item_j) / τ − log q_j          (Yi et al. 2019, eq. 3, logQ)
+
+with accidental hits (item_j = item_i for j ≠ i) masked. q_j, the probability that item j is
+in a batch, comes from the training counts under this very sampler (`log_q_from_counts`), from
+the streaming estimator of Yi et al. 2019 (Algorithm 2), or is left out (`logq="none"`).
+Mixed negatives (Yang et al. 2020) add M uniform catalog items per step, with their own
+log q. The temperature is fixed or learned (as log τ). AdamW at a constant learning rate.
+
+After every epoch the model ranks the full catalog for the validation users (training items
+masked, `twotower.evaluate`), logs recall@k, keeps the best epoch's weights and stops after
+`patience` epochs without improvement. With `checkpoint_dir` every epoch ends in an atomic
+`last.pt` (weights, optimizer, estimator, early-stopping state, history); a rerun resumes from
+it and ends exactly where an uninterrupted run would, since each epoch's shuffle, id dropout
+and negative samples are drawn from generators seeded by (seed, epoch, rank) alone.
+
+Under `torchrun` (a process group initialised by the caller) each rank trains on its share of
+every global batch, `info_nce` gathers the other ranks' items as negatives, and DDP averages
+the gradients; every rank validates the same weights, so they stop together.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from twotower.contrastive import info_nce
+from twotower.distributed import gather_with_grad, rank, world_size
+from twotower.evaluate import EvalQueries, VectorScorer, evaluate, load_queries
+from twotower.files import DataError, atomic_path
+from twotower.frequency import StreamingFrequencyEstimator, log_q_from_counts
+from twotower.index import ItemIndex
+from twotower.inputs import TrainingRows, item_features, load_training
+from twotower.towers import TowerConfig, TwoTower, pad_histories
+from twotower.vectors import Vectors, write_vectors
+
+__all__ = ["FitResult", "TrainConfig", "export_vectors", "fit", "user_vectors_for"]
+
+Log = Callable[[Mapping[str, float], int], None]
+CHECKPOINT = "last.pt"
+_RESUMABLE = {"epochs", "device", "checkpoint_dir"}  # may change between a run and its resume
+
+
+@dataclass
+class TrainConfig:
+    """How `fit` trains the two-tower model."""
+
+    epochs: int = 20
+    """Most passes over the training split (early stopping may end sooner)."""
+    batch_size: int = 1024
+    """Training rows per step, over all processes (each rank takes batch_size / world)."""
+    lr: float = 2e-3
+    """AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW decoupled weight decay."""
+    temperature: float = 0.05
+    """Softmax temperature τ (the starting value when it is learned)."""
+    learn_temperature: bool = False
+    """Learn log τ with the weights (clamped to [0.01, 1])."""
+    logq: Literal["none", "counts", "streaming"] = "counts"
+    """Sampling-bias correction: none, exact q from training counts, or streaming estimates."""
+    streaming_alpha: float = 0.01
+    """Moving-average weight (alpha) of the streaming frequency estimator."""
+    mask_accidental_hits: bool = True
+    """Mask in-batch negatives that are the row's own positive item."""
+    mixed_negatives: int = 0
+    """Uniformly sampled catalog items added to every step's negatives (0: in-batch only)."""
+    max_history: int = 20
+    """Most recent history items the user tower pools."""
+    chunk_size: int | None = None
+    """Row block of the loss (never holds the full logits); None: dense."""
+    val_k: int = 50
+    """Validation recall@k that picks the best epoch."""
+    patience: int = 3
+    """Epochs without a better validation recall before stopping."""
+    max_val_users: int | None = 2000
+    """Validation users ranked each epoch (a fixed random subset); None: all."""
+    bf16: bool = True
+    """bfloat16 autocast on CUDA (ignored on CPU)."""
+    device: str = "cpu"
+    """Where to train: cpu, cuda or cuda:N."""
+    seed: int = 0
+    """Seeds initialisation, shuffles, id dropout and sampled negatives."""
+    checkpoint_dir: str | None = None
+    """Folder of `last.pt`, resumed from when present; None: no checkpoints."""
+    tower: TowerConfig = field(default_factory=TowerConfig)
+    """Tower sizes and switches."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tower, dict):
+            self.tower = TowerConfig(**self.tower)
+        for name in ("epochs", "batch_size", "max_history", "val_k", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.logq not in ("none", "counts", "streaming"):
+            raise ValueError(f"logq must be none, counts or streaming, got {self.logq!r}")
+        if self.mixed_negatives < 0:
+            raise ValueError(f"mixed_negatives must be ≥ 0, got {self.mixed_negatives}")
+        if self.max_val_users is not None and self.max_val_users < 1:
+            raise ValueError(f"max_val_users must be ≥ 1 or None, got {self.max_val_users}")
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: the best epoch's model and the per-epoch record."""
+
+    model: TwoTower
+    history: list[dict[str, float]]
+    best_epoch: int
+    """1-based epoch whose weights `model` holds (0: no validation, the last epoch's)."""
+    checkpoint: Path | None
+    log_q: Tensor | None
+    """(I,) the log q used for in-batch items (counts) or the final streaming estimates."""
+
+
+def fit(
+    prepared: str | os.PathLike[str],
+    config: TrainConfig | None = None,
+    *,
+    embeddings: Vectors | None = None,
+    catalog: pd.DataFrame | None = None,
+    attributes: Sequence[str] = (),
+    log: Log | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train on the prepared folder's training split; validate on its valid split.
+
+    embeddings: frozen image h per item_id for the item tower (None: ids and attributes only).
+    catalog + attributes: categorical item columns for the item tower. log: called with
+    {"loss", "temperature"} every step and the validation metrics every epoch.
+    """
+    cfg = config or TrainConfig()
+    device = torch.device(cfg.device)
+    rows = load_training(prepared)
+    world, me = world_size(), rank()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {world} ranks")
+    batch = min(cfg.batch_size, len(rows) - len(rows) % world)
+    local = batch // world
+    steps = len(rows) // batch  # full batches only: every rank gathers the same shapes
+
+    with torch.random.fork_rng(devices=_cuda_devices(device)):
+        torch.manual_seed(cfg.seed)
+        features = item_features(prepared, embeddings=embeddings, catalog=catalog,
+                                 attributes=attributes)
+        model = TwoTower(rows.users_warm, features, cfg.tower).to(device)
+    log_tau = nn.Parameter(torch.tensor(math.log(cfg.temperature), device=device),
+                           requires_grad=cfg.learn_temperature)
+    params = [*model.parameters()] + ([log_tau] if cfg.learn_temperature else [])
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    estimator = None
+    counts_log_q = None
+    if cfg.logq == "streaming":
+        estimator = StreamingFrequencyEstimator(max(1, rows.num_items),
+                                                cfg.streaming_alpha).to(device)
+    elif cfg.logq == "counts":
+        counts_log_q = torch.as_tensor(log_q_from_counts(rows.item_counts, batch),
+                                       dtype=torch.float32, device=device)
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index or 0] if device.type == "cuda" else None)
+    queries = _validation_queries(prepared, cfg)
+
+    state = _State(history=[], best_metric=-math.inf, best_epoch=0, best_weights=None,
+                   bad_epochs=0, epoch=0, step=0)
+    checkpoint = Path(cfg.checkpoint_dir) / CHECKPOINT if cfg.checkpoint_dir else None
+    if checkpoint is not None and checkpoint.is_file():
+        state = _resume(checkpoint, cfg, model, optimizer, log_tau, estimator)
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                              enabled=cfg.bf16 and device.type == "cuda")
+    while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
+        epoch = state.epoch + 1
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(rows))
+        sampler = np.random.default_rng([cfg.seed, epoch, me])
+        model.train()
+        losses = []
+        with torch.random.fork_rng(devices=_cuda_devices(device)), \
+                tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="step",
+                     disable=not progress or me != 0) as bar:
+            seed = np.random.SeedSequence([cfg.seed, epoch, me]).generate_state(1)[0]
+            torch.manual_seed(int(seed))  # this epoch's id dropout
+            for i in range(steps):
+                picked = order[i * batch + me * local:i * batch + (me + 1) * local]
+                extra = (sampler.integers(0, rows.num_items, cfg.mixed_negatives)
+                         if cfg.mixed_negatives else None)
+                with autocast:
+                    loss = _loss(net, model, rows, picked, extra, cfg, device, log_tau,
+                                 counts_log_q, estimator, state.step)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"two-tower loss is {loss.item()} at step "
+                                             f"{state.step} (epoch {epoch})")
+                tau = float(log_tau.detach().exp())  # the τ of this step's loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if cfg.learn_temperature:
+                    with torch.no_grad():
+                        log_tau.clamp_(math.log(0.01), 0.0)
+                value = _mean_over_ranks(loss.detach())
+                losses.append(value)
+                if log is not None:
+                    log({"loss": value, "temperature": tau}, state.step)
+                state.step += 1
+                bar.update()
+                bar.set_postfix(loss=f"{value:.4f}")
+        record = {"epoch": epoch, "loss": float(np.mean(losses))}
+        if queries is not None:
+            recall, ndcg, k = _validate(model, queries, cfg, device)
+            record.update({f"val_recall@{k}": recall, f"val_ndcg@{k}": ndcg})
+            if recall > state.best_metric:
+                state.best_metric = recall
+                state.best_epoch = epoch
+                state.best_weights = copy.deepcopy(model.state_dict())
+                state.bad_epochs = 0
+            else:
+                state.bad_epochs += 1
+        if log is not None:
+            log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, epoch)
+        state.history.append(record)
+        state.epoch = epoch
+        if checkpoint is not None and me == 0:
+            _save(checkpoint, cfg, model, optimizer, log_tau, estimator, state)
+    if state.best_weights is not None:
+        model.load_state_dict(state.best_weights)
+    model.eval()
+    final_log_q = counts_log_q if estimator is None else estimator.log_q(
+        torch.arange(rows.num_items, device=device))
+    return FitResult(model=model, history=state.history, best_epoch=state.best_epoch,
+                     checkpoint=checkpoint, log_q=final_log_q)
+
+
+def user_vectors_for(model: TwoTower, max_history: int) -> Callable[[EvalQueries], np.ndarray]:
+    """A `VectorScorer.user_vectors` for a trained model: each query user's id and history."""
+    device = model.item_tower.warm.device
+
+    def encode(queries: EvalQueries) -> np.ndarray:
+        users = torch.as_tensor(queries.user_index, device=device)
+        history = torch.as_tensor(pad_histories(queries.history, max_history), device=device)
+        return model.user_vectors(users, history).float().cpu().numpy()
+
+    return encode
+
+
+def export_vectors(
+    model: TwoTower,
+    prepared: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    max_history: int,
+    splits: Sequence[str] = ("valid", "test"),
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write the model's vectors for `ItemIndex` and `evaluate_retrieval`, atomically each.
+
+        item_vectors.parquet        every prepared item (item_id)
+        user_vectors.parquet        every user from their whole training history (serving)
+        user_vectors_<split>.parquet  the split's query users from their history before it
+    """
+    out = Path(out_dir)
+    meta = {"model": "two_tower", "dim": model.config.dim, "normalized": True,
+            **dict(metadata or {})}
+    rows = load_training(prepared)
+    items = pd.read_parquet(Path(prepared) / "items.parquet", columns=["item_id", "item_index"])
+    item_ids = items.sort_values("item_index")["item_id"].astype(str).to_numpy()
+    paths = {"items": write_vectors(item_ids, model.item_vectors().float().cpu().numpy(),
+                                    out / "item_vectors.parquet", meta)}
+    users = pd.read_parquet(Path(prepared) / "users.parquet", columns=["user_id", "user_index"])
+    users = users.sort_values("user_index")
+    index = users["user_index"].to_numpy().astype(np.int64)
+    device = model.item_tower.warm.device
+    history = torch.as_tensor(rows.user_histories(index, max_history), device=device)
+    vectors = model.user_vectors(torch.as_tensor(index, device=device), history)
+    paths["users"] = write_vectors(users["user_id"].astype(str).to_numpy(),
+                                   vectors.float().cpu().numpy(), out / "user_vectors.parquet",
+                                   {**meta, "history": "all training rows"},
+                                   id_column="user_id")
+    encode = user_vectors_for(model, max_history)
+    for split in splits:
+        split_queries = load_queries(prepared, split)
+        paths[split] = write_vectors(split_queries.user_id, encode(split_queries),
+                                     out / f"user_vectors_{split}.parquet",
+                                     {**meta, "history": f"before the {split} targets"},
+                                     id_column="user_id")
+    return paths
+
+
+# -------------------------------------------------------------------- the step
+def _loss(
+    net: nn.Module, model: TwoTower, rows: TrainingRows, picked: np.ndarray,
+    extra: np.ndarray | None, cfg: TrainConfig, device: torch.device, log_tau: Tensor,
+    counts_log_q: Tensor | None, estimator: StreamingFrequencyEstimator | None, step: int,
+) -> Tensor:
+    """info_nce of one local batch: users (b, d) against the gathered positives and extras."""
+    items = torch.as_tensor(rows.item[picked], device=device)  # (b,)
+    candidates = items if extra is None else torch.cat(
+        [items, torch.as_tensor(extra, device=device)])  # (b + M,): one item-tower pass
+    users, item_vectors = net({
+        "user_index": torch.as_tensor(rows.user[picked], device=device),
+        "history": torch.as_tensor(rows.histories(picked, cfg.max_history), device=device),
+        "item_index": candidates,
+    })
+    positives, extras = item_vectors[:len(items)], item_vectors[len(items):]
+    log_q = None
+    if counts_log_q is not None:
+        log_q = counts_log_q[items]
+    elif estimator is not None:
+        estimator.update(gather_with_grad(items), step)  # every rank sees the global batch
+        log_q = estimator.log_q(items)
+    extra_log_q = None
+    if extra is not None and cfg.logq != "none":
+        # M·W uniform draws over I items (with replacement): P(item among them).
+        draws = cfg.mixed_negatives * world_size()
+        extra_log_q = torch.full((len(extra),), math.log(-math.expm1(
+            draws * math.log1p(-1.0 / rows.num_items))) if rows.num_items > 1 else 0.0,
+            device=device)
+    hits = cfg.mask_accidental_hits
+    return info_nce(
+        users.float(), positives.float(), temperature=log_tau.exp(),
+        log_q=log_q, candidate_ids=items if hits else None,
+        extra_candidates=None if extra is None else extras.float(), extra_log_q=extra_log_q,
+        extra_candidate_ids=(candidates[len(items):] if hits and extra is not None else None),
+        normalize=False, chunk_size=cfg.chunk_size,
+    )
+
+
+def _mean_over_ranks(value: Tensor) -> float:
+    if world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world_size()
+    return float(value)
+
+
+# -------------------------------------------------------------------- validation
+def _validation_queries(prepared: str | os.PathLike[str], cfg: TrainConfig) -> EvalQueries | None:
+    """The valid split's users (a fixed subset of at most max_val_users), None if it has none."""
+    try:
+        queries = load_queries(prepared, "valid")
+    except DataError:
+        return None
+    if not len(queries):
+        return None
+    if cfg.max_val_users is not None and len(queries) > cfg.max_val_users:
+        keep = np.random.default_rng(cfg.seed).choice(len(queries), cfg.max_val_users,
+                                                     replace=False)
+        queries = queries.take(np.sort(keep))
+    return queries
+
+
+def _validate(model: TwoTower, queries: EvalQueries, cfg: TrainConfig,
+              device: torch.device) -> tuple[float, float, int]:
+    """(recall@k, ndcg@k, k) on the validation users, training items masked; k is val_k, or
+    less in a catalog too small to rank val_k unseen items for every user."""
+    k = max(1, min(cfg.val_k, len(queries.item_ids) - max(s.size for s in queries.seen)))
+    index = ItemIndex.build(model.item_vectors().float().cpu().numpy(), queries.item_ids,
+                            "flat", device=str(device) if device.type == "cuda" else "cpu")
+    scorer = VectorScorer(index=index, user_vectors=user_vectors_for(model, cfg.max_history))
+    table = evaluate(queries, {"model": scorer}, ks=(k,))
+    overall = table[table["slice"] == "all"]
+    values = dict(zip(overall["metric"], overall["value"], strict=True))
+    return values["recall"], values["ndcg"], k
+
+
+# -------------------------------------------------------------------- checkpoints
+@dataclass
+class _State:
+    history: list[dict[str, float]]
+    best_metric: float
+    best_epoch: int
+    best_weights: dict[str, Tensor] | None
+    bad_epochs: int
+    epoch: int
+    step: int
+
+
+def _save(path: Path, cfg: TrainConfig, model: TwoTower, optimizer: torch.optim.Optimizer,
+          log_tau: Tensor, estimator: StreamingFrequencyEstimator | None, state: _State) -> None:
+    payload = {
+        "config": dataclasses.asdict(cfg), "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "log_tau": log_tau.detach(),
+        "estimator": None if estimator is None else estimator.state_dict(),
+        "state": dataclasses.asdict(state),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _resume(path: Path, cfg: TrainConfig, model: TwoTower, optimizer: torch.optim.Optimizer,
+            log_tau: Tensor, estimator: StreamingFrequencyEstimator | None) -> _State:
+    payload = torch.load(path, map_location=log_tau.device, weights_only=False)
+    saved, now = _flat(payload["config"]), _flat(dataclasses.asdict(cfg))
+    changed = sorted(k for k in saved.keys() | now.keys()
+                     if k.split(".")[0] not in _RESUMABLE and saved.get(k) != now.get(k))
+    if changed:
+        name = changed[0]
+        raise ValueError(f"{path} was trained with {name}={saved.get(name)!r}, not "
+                         f"{now.get(name)!r}; resume with the same config or remove the "
+                         "checkpoint")
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    with torch.no_grad():
+        log_tau.copy_(payload["log_tau"])
+    if estimator is not None:
+        estimator.load_state_dict(payload["estimator"])
+    return _State(**payload["state"])
+
+
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []
