@@ -73,9 +73,9 @@ def test_training_lowers_the_loss_and_keeps_the_best_validation_epoch(shop_dir):
     assert len(steps) == 4 * (rows // 64)
     first, last = np.mean(steps[:5]), np.mean(steps[-5:])
     assert last < first - 0.2, (first, last)
-    epochs = [m for m, _ in logged if "epoch/val_recall@10" in m]
+    epochs = [m for m, _ in logged if "epoch/val_recall_at_10" in m]
     assert len(epochs) == 4 == len(result.history)
-    recalls = [h["val_recall@10"] for h in result.history]
+    recalls = [h["val_recall_at_10"] for h in result.history]
     assert result.best_epoch == int(np.argmax(recalls)) + 1
     assert max(recalls) > 10 / 80  # better than a random top 10 of 80 items
 

@@ -227,7 +227,7 @@ def fit(
         record = {"epoch": epoch, "loss": float(np.mean(losses))}
         if queries is not None:
             recall, ndcg, k = _validate(model, queries, cfg, device)
-            record.update({f"val_recall@{k}": recall, f"val_ndcg@{k}": ndcg})
+            record.update({f"val_recall_at_{k}": recall, f"val_ndcg_at_{k}": ndcg})
             if recall > state.best_metric:
                 state.best_metric = recall
                 state.best_epoch = epoch

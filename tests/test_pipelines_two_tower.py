@@ -1,0 +1,104 @@
+"""The `train_two_tower` stage: outputs, MLflow record, and the chain into index and evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.build_index import BuildIndexConfig
+from pipelines.build_index import run as build_index
+from pipelines.config import parse_config
+from pipelines.evaluate_retrieval import EvaluateRetrievalConfig
+from pipelines.evaluate_retrieval import run as evaluate_retrieval
+from pipelines.tracking import tracking_uri
+from pipelines.train_two_tower import TrainTwoTowerConfig, run
+from twotower.data import PrepareConfig, prepare
+from twotower.inputs import load_training
+from twotower.synthetic import ShopConfig, make_shop
+from twotower.towers import TowerConfig
+from twotower.train import TrainConfig
+from twotower.vectors import read_vectors, write_vectors
+
+pytestmark = pytest.mark.usefixtures("local_mlflow")
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shop")
+    made = make_shop(ShopConfig(num_items=80, num_users=60, num_interactions=3000, image_size=8))
+    made.interactions.to_parquet(root / "log.parquet")
+    made.catalog.to_parquet(root / "catalog.parquet")
+    prepare(root / "log.parquet", root / "run" / "prepare",
+            PrepareConfig(min_user_interactions=3, min_item_interactions=3))
+    rng = np.random.default_rng(0)
+    write_vectors(made.catalog["item_id"], rng.normal(size=(len(made.catalog), 6)),
+                  root / "embeddings.parquet", {"checkpoint": "random"})
+    return root
+
+
+TRAIN = TrainConfig(epochs=2, batch_size=64, val_k=10, max_history=5,
+                    tower=TowerConfig(dim=8, hidden_dim=16, id_dim=8, image_dim=4))
+
+
+def test_stage_trains_exports_and_tracks_the_model(shop, tmp_path):
+    run_dir = shop / "run"
+    cfg = TrainTwoTowerConfig(run_dir=str(run_dir), name="image",
+                              embeddings=str(shop / "embeddings.parquet"),
+                              catalog=str(shop / "catalog.parquet"), attributes=("category",),
+                              device="cpu", train=TRAIN)
+    summary = run(cfg)
+
+    out = run_dir / "train_two_tower" / "image"
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        "config.json", "history.json", "item_vectors.parquet", "last.pt", "model.pt",
+        "user_vectors.parquet", "user_vectors_test.parquet", "user_vectors_valid.parquet"])
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == summary["epochs"] == 2 and 1 <= summary["best_epoch"] <= 2
+    items = read_vectors(out / "item_vectors.parquet")
+    assert items.metadata["embeddings"] == str(shop / "embeddings.parquet")
+    assert json.loads((out / "config.json").read_text())["train"]["checkpoint_dir"] == str(out)
+
+    client = MlflowClient(tracking_uri(run_dir))
+    logged = client.get_run(summary["run_id"])
+    assert logged.info.run_name == "train_two_tower"
+    assert logged.data.params["train.logq"] == "counts"
+    assert logged.data.params["train.tower.dim"] == "8"
+    assert "loss" in logged.data.metrics and "epoch/val_recall_at_10" in logged.data.metrics
+    steps = client.get_metric_history(summary["run_id"], "loss")
+    assert len(steps) == 2 * (len(load_training(run_dir / "prepare")) // 64)  # every step
+    artifacts = {a.path for folder in ("model", "vectors")
+                 for a in client.list_artifacts(summary["run_id"], folder)}
+    assert {"model/model.pt", "model/history.json", "vectors/item_vectors.parquet",
+            "vectors/user_vectors_test.parquet"} <= artifacts
+
+
+def test_exported_vectors_feed_build_index_and_evaluate_retrieval(shop, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = TrainTwoTowerConfig(run_dir=str(run_dir), prepared=str(shop / "run" / "prepare"),
+                              name="ids", device="cpu", train=TRAIN)
+    out = run(cfg)["vectors"]
+    index = build_index(BuildIndexConfig(vectors=out["items"], run_dir=str(run_dir),
+                                         name="ids", device="cpu"))
+    summary = evaluate_retrieval(EvaluateRetrievalConfig(
+        run_dir=str(run_dir), prepared=str(shop / "run" / "prepare"), ks=(10, 20),
+        models={"two_tower": index["index"]}, user_vectors={"two_tower": out["test"]},
+        baselines=("popularity",), device="cpu"))
+    table = pd.read_csv(run_dir / "evaluate_retrieval" / "metrics.csv")
+    assert set(table["scorer"]) == {"two_tower", "popularity"}
+    assert 0.0 <= summary["metrics"]["two_tower"]["recall@20"] <= 1.0
+
+
+def test_command_line_reaches_the_nested_train_and_tower_fields():
+    cfg = parse_config(TrainTwoTowerConfig, [
+        "--name", "x", "--train.logq", "streaming", "--train.tower.dim", "32",
+        "--no-train.tower.user-id", "--attributes", "category", "pattern",
+        "--catalog", "c.parquet"])
+    assert (cfg.train.logq, cfg.train.tower.dim, cfg.train.tower.user_id) == ("streaming", 32,
+                                                                            False)
+    assert cfg.attributes == ("category", "pattern")
+    with pytest.raises(ValueError, match="need --catalog"):
+        TrainTwoTowerConfig(attributes=("category",))
