@@ -247,3 +247,19 @@ def test_faiss_gpu_indexes_search_like_their_cpu_twins(catalog, tmp_path, kind):
         assert recall >= 0.95
     gpu.save(tmp_path / "idx")
     assert ItemIndex.load(tmp_path / "idx", device="cpu").kind == kind
+
+
+def test_search_params_change_in_place_and_survive_save(catalog, tmp_path):
+    items, ids, queries = catalog
+    index = ItemIndex.build(items, ids, "ivf", device="cpu", nlist=40, nprobe=1)
+    narrow = index.search(queries, 20)[1]
+    index.set_search_params(nprobe=40)  # every list: exact
+    assert index.params["nprobe"] == 40
+    exact = ItemIndex.build(items, ids, "flat", device="cpu").search(queries, 20)[1]
+    assert (index.search(queries, 20)[1] == exact).all() and not (narrow == exact).all()
+    index.save(tmp_path / "ivf")
+    assert ItemIndex.load(tmp_path / "ivf", device="cpu").params["nprobe"] == 40
+    with pytest.raises(ValueError, match="nprobe=41 exceeds nlist=40"):
+        index.set_search_params(nprobe=41)
+    with pytest.raises(ValueError, match=r"has no search-time parameter\(s\) \['ef_search'\]"):
+        index.set_search_params(ef_search=10)

@@ -239,6 +239,22 @@ class ItemIndex:
         return directory
 
     # ---------------------------------------------------------------- searching
+    def set_search_params(self, **params: int) -> None:
+        """Change search-time parameters in place: nprobe (ivf, ivfpq), ef_search (hnsw).
+
+        They trade recall for speed without a rebuild; `save` keeps the new values.
+        """
+        allowed = {"ivf": {"nprobe"}, "ivfpq": {"nprobe"}, "hnsw": {"ef_search"}}.get(
+            self.kind, set())
+        unknown = set(params) - allowed
+        if unknown:
+            raise ValueError(f"a {self.kind} index has no search-time parameter(s) "
+                             f"{sorted(unknown)}; it has {sorted(allowed) or 'none'}")
+        resolved = {**self.params, **params}
+        _check_params(self.kind, resolved, len(self), self.dim)
+        _set_search_params(self._index, self.kind, resolved)
+        self.params = resolved
+
     def __len__(self) -> int:
         return len(self.ids)
 
