@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `import twotower` uninstalled
 
 from benchmarks.args import positive
-from benchmarks.machine import cpu_model
+from benchmarks.machine import cpu_model, gpu_peak_tflops
 from benchmarks.tables import markdown_table, plain_table
 
 if TYPE_CHECKING:
@@ -63,8 +63,6 @@ CPU_TARGET_SIZE = 16384
 MATMULS = {"dense": 3, "chunked": 4, "reference": 3}
 """(2N, d) x (d, 2N)-sized matmuls per fwd+bwd: logits, then grad wrt both operands; chunked
 recomputes the logits in backward. Each is 2·(2N)²·d FLOPs."""
-PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0))
-"""Dense bf16 tensor-core peak by substring of torch.cuda.get_device_name(), first match."""
 MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024  # ru_maxrss unit
 
 
@@ -223,10 +221,6 @@ def repeats_for(two_n: int, repeats: int) -> int:
     return repeats if two_n < BIG_SIZE else min(repeats, BIG_REPEATS)
 
 
-def default_peak_tflops(device_name: str) -> float | None:
-    return next((peak for key, peak in PEAK_TFLOPS if key in device_name), None)
-
-
 def child(argv: Sequence[str]) -> tuple[int, dict[str, Any] | None]:
     """Run this script in a fresh interpreter; its last stdout line is a JSON result."""
     proc = subprocess.run(
@@ -373,7 +367,7 @@ def report(args: argparse.Namespace) -> None:
     sizes = sorted(args.sizes or (CUDA_SIZES if device == "cuda" else CPU_SIZES))
     peak_tflops = args.peak_tflops
     if peak_tflops is None and device == "cuda":
-        peak_tflops = default_peak_tflops(env["name"])
+        peak_tflops = gpu_peak_tflops(env["name"], "bfloat16")
     print_header(env, args)
     print_agreement(sizes[0], device, args)
     print_results(measure_all(sizes, device, args), device, peak_tflops, args.markdown)
