@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_model
-from benchmarks.tables import markdown_table, plain_table
+from benchmarks.tables import print_tables
 from simclr_vision.evaluate import knn_accuracy
 from simclr_vision.model import encode_images
 from simclr_vision.pretrain import PretrainConfig, pretrain
@@ -184,10 +184,7 @@ def _report(table: pd.DataFrame, queries, args: argparse.Namespace,
     users = {s: int(table[(table["slice"] == s)]["users"].max()) for s in ("all", "tail", "cold")
              if (table["slice"] == s).any()}
     print(f"\n{len(queries):,} test users ({users}), {len(queries.item_ids):,} items")
-    print(plain_table(rows))
-    if args.markdown:
-        print()
-        print(markdown_table(rows))
+    print_tables(rows, args.markdown)
 
 
 if __name__ == "__main__":

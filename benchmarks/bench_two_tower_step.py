@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.args import positive
 from benchmarks.machine import cpu_model
-from benchmarks.tables import markdown_table, plain_table
+from benchmarks.tables import print_tables
 from twotower.contrastive import info_nce
 from twotower.data import PrepareConfig, prepare
 from twotower.synthetic import ShopConfig, make_shop
@@ -117,10 +117,7 @@ def main() -> None:
             [f"{args.batch_size:,}", args.device, f"{1e3 * step:.1f}",
              f"{args.batch_size / step:,.0f}", f"{1e3 * loss:.1f}", f"{loss / step:.0%}"]]
     print(f"\n{steps} steps timed (median), id-only towers, d={args.dim}, logQ counts")
-    print(plain_table(rows))
-    if args.markdown:
-        print()
-        print(markdown_table(rows))
+    print_tables(rows, args.markdown)
 
 
 if __name__ == "__main__":

@@ -16,3 +16,11 @@ def markdown_table(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(r) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("---:" for _ in rows[0]) + "|")
     return "\n".join(lines)
+
+
+def print_tables(rows: list[list[str]], markdown: bool) -> None:
+    """The plain table, then (when asked) the same rows as markdown."""
+    print(plain_table(rows))
+    if markdown:
+        print()
+        print(markdown_table(rows))
