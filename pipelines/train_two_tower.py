@@ -54,6 +54,8 @@ class TrainTwoTowerConfig:
     """Catalog Parquet holding the categorical `attributes` columns, keyed by item_id."""
     attributes: tuple[str, ...] = ()
     """Catalog columns the item tower embeds (e.g. category brand)."""
+    new_products: bool = True
+    """Export vectors for products of --embeddings / --catalog that the log never mentions."""
     device: str = "auto"
     """cpu, cuda, or auto (cuda when available)."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -89,7 +91,8 @@ def run(cfg: TrainTwoTowerConfig) -> dict[str, Any]:
             if tracker is not None:
                 save_config(cfg, cfg.out_dir / "config.json")
             result = fit(cfg.prepared_dir, cfg.train, embeddings=embeddings, catalog=catalog,
-                         attributes=cfg.attributes, log=tracker.log if tracker else None,
+                         attributes=cfg.attributes, new_products=cfg.new_products,
+                         log=tracker.log if tracker else None,
                          progress=is_main())
             if tracker is None:
                 return {"best_epoch": result.best_epoch}

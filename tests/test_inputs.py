@@ -76,3 +76,19 @@ def test_bad_inputs_name_what_is_wrong(prepared, tmp_path):
         item_features(prepared, catalog=pd.DataFrame({"item_id": ["i1"]}), attributes=["size"])
     with pytest.raises(ValueError, match="need a catalog table"):
         item_features(prepared, attributes=["size"])
+
+
+def test_new_products_come_after_the_prepared_items_as_cold_rows(prepared):
+    ids = pl.read_parquet(prepared / "items.parquet").sort("item_index")["item_id"].to_list()
+    given = np.array([ids[0], "new-b", "new-a"])
+    vectors = np.arange(9, dtype=np.float32).reshape(3, 3)
+    catalog = pd.DataFrame({"item_id": ["new-c", ids[1]], "colour": ["red", "blue"]})
+    features = item_features(prepared, embeddings=Vectors(given, vectors), catalog=catalog,
+                             attributes=["colour"], new_products=True)
+    assert features.ids.tolist() == [*ids, "new-a", "new-b", "new-c"]
+    assert not features.warm[len(ids):].any()
+    assert (features.images[len(ids)] == vectors[2]).all()  # new-a
+    assert features.has_image[len(ids):].tolist() == [True, True, False]
+    assert features.attributes["colour"][len(ids):].tolist() == [0, 0, 2]  # red: code 2
+    plain = item_features(prepared, embeddings=Vectors(given, vectors))
+    assert plain.ids.tolist() == ids

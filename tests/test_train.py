@@ -210,6 +210,23 @@ def test_exported_vectors_match_the_model(shop_dir, tmp_path):
     assert len(everyone.ids) == pl.read_parquet(shop_dir / "prepare" / "users.parquet").height
 
 
+def test_new_products_without_interactions_get_exported_vectors(shop_dir, tmp_path):
+    images = _images(shop_dir)
+    new_ids = np.array(["brand-new-1", "brand-new-2"])
+    rng = np.random.default_rng(2)
+    images = Vectors(ids=np.concatenate([images.ids, new_ids]), vectors=np.concatenate(
+        [images.vectors, rng.normal(size=(2, images.vectors.shape[1])).astype(np.float32)]))
+    result = fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=1), embeddings=images,
+                 new_products=True, progress=False)
+    queries = load_queries(shop_dir / "prepare", "test")
+    assert result.model.item_ids[:len(queries.item_ids)].tolist() == queries.item_ids.tolist()
+    assert set(new_ids) <= set(result.model.item_ids[len(queries.item_ids):])
+    paths = export_vectors(result.model, shop_dir / "prepare", tmp_path, max_history=5)
+    items = read_vectors(paths["items"])
+    assert set(new_ids) <= set(items.ids) and len(items.ids) == len(result.model.item_ids)
+    assert "val_recall_at_10" in result.history[0]  # validation ranks the prepared items
+
+
 # -------------------------------------------------------------------- two gloo processes
 def _ddp_worker(r: int, init_file: str, prepared: str, out_dir: str, cfg: TrainConfig) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=r, world_size=2)

@@ -112,23 +112,36 @@ def item_features(
     embeddings: Vectors | None = None,
     catalog: pd.DataFrame | None = None,
     attributes: Sequence[str] = (),
+    new_products: bool = False,
 ) -> ItemFeatures:
     """The item tower's inputs for the prepared items, in item_index order.
 
     embeddings: frozen image h per item_id (items without one get zeros and `has_image`
     False). catalog + attributes: categorical columns of a catalog table keyed by item_id,
     coded 1.. in sorted order of their values, 0 for an item absent from the catalog or null.
+    new_products: also append, after the prepared items, every product of `embeddings` (and
+    of `catalog`, when attributes are read from it) that the log never mentions, so products
+    without a single interaction get vectors too; they are cold (no id row).
     """
     path = Path(prepared) / "items.parquet"
     if not path.is_file():
         raise DataError("missing; is this a folder written by twotower.prepare?", path=path)
     items = pl.read_parquet(path, columns=["item_index", "item_id", "count"]).sort("item_index")
     ids = pd.Index(np.asarray(items["item_id"].to_numpy(), dtype=str))
+    warm = items["count"].to_numpy() > 0
+    if new_products:
+        known = [embeddings.ids] if embeddings is not None else []
+        if catalog is not None and attributes:
+            known.append(catalog["item_id"].astype(str).to_numpy())
+        extra = pd.Index(np.concatenate(known) if known else np.zeros(0, str)).unique()
+        extra = extra.difference(ids, sort=True)
+        ids = ids.append(extra)
+        warm = np.concatenate([warm, np.zeros(len(extra), bool)])
     images = has_image = None
     if embeddings is not None:
         rows = pd.Index(embeddings.ids).get_indexer(ids)
         has_image = rows >= 0
-        if not has_image.any():
+        if not has_image[:len(items)].any():
             raise DataError("no prepared item has an image embedding; do the ids match "
                             f"items.parquet's item_id (e.g. {ids[0]!r})?",
                             value=str(embeddings.ids[0]) if len(embeddings.ids) else None)
@@ -150,5 +163,5 @@ def item_features(
             coded = np.searchsorted(values, column.fillna("").astype(str).to_numpy()) + 1
             known = column.notna().to_numpy()
             codes[name] = np.where(known, coded, 0).astype(np.int64)
-    return ItemFeatures(warm=items["count"].to_numpy() > 0, images=images, has_image=has_image,
-                        attributes=codes)
+    return ItemFeatures(warm=warm, images=images, has_image=has_image, attributes=codes,
+                        ids=np.asarray(ids, dtype=str))

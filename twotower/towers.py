@@ -93,6 +93,8 @@ class ItemFeatures:
     """(I,) bool: which rows of `images` are real."""
     attributes: Mapping[str, np.ndarray] = field(default_factory=dict)
     """Attribute name → (I,) int codes in 0..cardinality-1 (0 may stand for unknown)."""
+    ids: np.ndarray | None = None
+    """(I,) str item_id of each row, when known: what exported item vectors are keyed by."""
 
     def __post_init__(self) -> None:
         n = len(self.warm)
@@ -101,6 +103,8 @@ class ItemFeatures:
                 raise ValueError(f"images must be ({n}, h), got {self.images.shape}")
             if self.has_image is None:
                 self.has_image = np.ones(n, bool)
+        if self.ids is not None and len(self.ids) != n:
+            raise ValueError(f"ids must hold one id per item ({n}), got {len(self.ids)}")
         for name, codes in self.attributes.items():
             if codes.shape != (n,) or not np.issubdtype(codes.dtype, np.integer):
                 raise ValueError(f"attribute {name!r} must be ({n},) integer codes, got "
@@ -253,6 +257,7 @@ class TwoTower(nn.Module):
                  user_attributes: Mapping[str, np.ndarray] | None = None) -> None:
         super().__init__()
         self.config = config or TowerConfig()
+        self.item_ids = items.ids  # row i of item_vectors() is item_ids[i] (None: unknown)
         self.item_tower = ItemTower(items, self.config)
         self.user_tower = UserTower(users_warm, self.item_tower, self.config, user_attributes)
 

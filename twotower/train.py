@@ -140,14 +140,17 @@ def fit(
     embeddings: Vectors | None = None,
     catalog: pd.DataFrame | None = None,
     attributes: Sequence[str] = (),
+    new_products: bool = False,
     log: Log | None = None,
     progress: bool = True,
 ) -> FitResult:
     """Train on the prepared folder's training split; validate on its valid split.
 
     embeddings: frozen image h per item_id for the item tower (None: ids and attributes only).
-    catalog + attributes: categorical item columns for the item tower. log: called with
-    {"loss", "temperature"} every step and the validation metrics every epoch.
+    catalog + attributes: categorical item columns for the item tower. new_products: give
+    the products of `embeddings` / `catalog` that the log never mentions item rows too, after
+    the prepared ones (`twotower.inputs.item_features`), so `export_vectors` covers them.
+    log: called with {"loss", "temperature"} every step and the validation metrics every epoch.
     """
     cfg = config or TrainConfig()
     device = torch.device(cfg.device)
@@ -162,7 +165,7 @@ def fit(
     with torch.random.fork_rng(devices=_cuda_devices(device)):
         torch.manual_seed(cfg.seed)
         features = item_features(prepared, embeddings=embeddings, catalog=catalog,
-                                 attributes=attributes)
+                                 attributes=attributes, new_products=new_products)
         model = TwoTower(rows.users_warm, features, cfg.tower).to(device)
     log_tau = nn.Parameter(torch.tensor(math.log(cfg.temperature), device=device),
                            requires_grad=cfg.learn_temperature)
@@ -274,7 +277,8 @@ def export_vectors(
 ) -> dict[str, Path]:
     """Write the model's vectors for `ItemIndex` and `evaluate_retrieval`, atomically each.
 
-        item_vectors.parquet        every prepared item (item_id)
+        item_vectors.parquet        every item of the model (item_id): the prepared items,
+                                    then any new products it was given (`fit(new_products=)`)
         user_vectors.parquet        every user from their whole training history (serving)
         user_vectors_<split>.parquet  the split's query users from their history before it
     """
@@ -282,8 +286,11 @@ def export_vectors(
     meta = {"model": "two_tower", "dim": model.config.dim, "normalized": True,
             **dict(metadata or {})}
     rows = load_training(prepared)
-    items = pd.read_parquet(Path(prepared) / "items.parquet", columns=["item_id", "item_index"])
-    item_ids = items.sort_values("item_index")["item_id"].astype(str).to_numpy()
+    item_ids = model.item_ids
+    if item_ids is None:
+        items = pd.read_parquet(Path(prepared) / "items.parquet",
+                                columns=["item_id", "item_index"])
+        item_ids = items.sort_values("item_index")["item_id"].astype(str).to_numpy()
     paths = {"items": write_vectors(item_ids, model.item_vectors().float().cpu().numpy(),
                                     out / "item_vectors.parquet", meta)}
     users = pd.read_parquet(Path(prepared) / "users.parquet", columns=["user_id", "user_index"])
@@ -374,7 +381,8 @@ def _validate(model: TwoTower, queries: EvalQueries, cfg: TrainConfig,
     """(recall@k, ndcg@k, k) on the validation users, training items masked; k is val_k, or
     less in a catalog too small to rank val_k unseen items for every user."""
     k = max(1, min(cfg.val_k, len(queries.item_ids) - max(s.size for s in queries.seen)))
-    index = ItemIndex.build(model.item_vectors().float().cpu().numpy(), queries.item_ids,
+    prepared_rows = model.item_vectors()[:len(queries.item_ids)]  # new products come after
+    index = ItemIndex.build(prepared_rows.float().cpu().numpy(), queries.item_ids,
                             "flat", device=str(device) if device.type == "cuda" else "cpu")
     scorer = VectorScorer(index=index, user_vectors=user_vectors_for(model, cfg.max_history))
     table = evaluate(queries, {"model": scorer}, ks=(k,))
