@@ -211,17 +211,19 @@ def fit(
                 with autocast:
                     loss = _loss(net, model, rows, picked, extra, cfg, device, log_tau,
                                  counts_log_q, estimator, state.step)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"two-tower loss is {loss.item()} at step "
+                # One host sync per step for the loss (mean over ranks) and this step's τ;
+                # every rank checks the same mean, so all stop together on a non-finite loss.
+                value, tau = _mean_over_ranks(torch.stack([loss.detach().float(),
+                                                           log_tau.detach().exp()]))
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"two-tower loss is {value} at step "
                                              f"{state.step} (epoch {epoch})")
-                tau = float(log_tau.detach().exp())  # the τ of this step's loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 if cfg.learn_temperature:
                     with torch.no_grad():
                         log_tau.clamp_(math.log(0.01), 0.0)
-                value = _mean_over_ranks(loss.detach())
                 losses.append(value)
                 if log is not None:
                     log({"loss": value, "temperature": tau}, state.step)
@@ -352,12 +354,13 @@ def _loss(
     )
 
 
-def _mean_over_ranks(value: Tensor) -> float:
+def _mean_over_ranks(values: Tensor) -> list[float]:
+    """The mean of `values` (n,) over ranks, on the host."""
     if world_size() > 1:
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= world_size()
-    return float(value)
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= world_size()
+    return values.tolist()
 
 
 # -------------------------------------------------------------------- validation
