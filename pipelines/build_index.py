@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import parse_config, save_config
+from pipelines.config import check_folder_name, parse_config, save_config
 from pipelines.tracking import stage_run
 from twotower.index import KINDS, ItemIndex
 from twotower.vectors import read_vectors
@@ -51,8 +51,7 @@ class BuildIndexConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ValueError(f"name must be a plain folder name, got {self.name!r}")
+        check_folder_name(self.name)
 
     @property
     def out_dir(self) -> Path:

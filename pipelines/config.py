@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from twotower.files import atomic_path
 
-__all__ = ["parse_config", "resolve_device", "save_config"]
+__all__ = ["check_folder_name", "parse_config", "resolve_device", "save_config"]
 
 T = TypeVar("T")
 
@@ -46,6 +46,12 @@ def save_config(config: Any, path: str | os.PathLike[str]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
     return path
+
+
+def check_folder_name(name: str) -> None:
+    """Refuse a stage's output `name` unless it is one plain folder name (no path, not hidden)."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"name must be a plain folder name, got {name!r}")
 
 
 def resolve_device(name: str) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from pipelines.config import parse_config, save_config
+from pipelines.config import check_folder_name, parse_config, save_config
 from pipelines.runtime import distributed_device, is_main
 from pipelines.tracking import stage_run
 from twotower.files import atomic_path
@@ -66,8 +66,7 @@ class TrainTwoTowerConfig:
             self.train = TrainConfig(**self.train)
         if self.attributes and self.catalog is None:
             raise ValueError(f"attributes {list(self.attributes)} need --catalog")
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ValueError(f"name must be a plain folder name, got {self.name!r}")
+        check_folder_name(self.name)
 
     @property
     def prepared_dir(self) -> Path:

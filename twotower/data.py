@@ -54,7 +54,7 @@ import pyarrow.parquet as pq
 from twotower.contrastive import LOG_Q_FLOOR
 from twotower.files import DataError, atomic_path
 
-__all__ = ["PROTOCOLS", "SCHEMA_VERSION", "PrepareConfig", "prepare"]
+__all__ = ["PROTOCOLS", "SCHEMA_VERSION", "PrepareConfig", "prepare", "prepared_files"]
 
 SCHEMA_VERSION = 1
 PROTOCOLS = ("temporal", "leave_last_out", "holdout_users")
@@ -128,6 +128,17 @@ class PrepareConfig:
             targets = list(self.columns.values())
             if len(set(targets)) != len(targets):
                 raise ValueError(f"columns maps two source columns to one name: {self.columns}")
+
+
+def prepared_files(prepared: str | os.PathLike[str], *names: str) -> dict[str, Path]:
+    """name → `<prepared>/<name>.parquet` for readers of a prepared folder; `DataError` naming
+    the first file that is missing."""
+    folder = Path(prepared)
+    paths = {name: folder / f"{name}.parquet" for name in names}
+    for path in paths.values():
+        if not path.is_file():
+            raise DataError("missing; is this a folder written by twotower.prepare?", path=path)
+    return paths
 
 
 def prepare(

@@ -36,6 +36,7 @@ import polars as pl
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from twotower.data import prepared_files
 from twotower.files import DataError
 from twotower.index import ItemIndex
 from twotower.metrics import coverage_at_k, ranking_metrics
@@ -100,10 +101,7 @@ def load_queries(prepared: str | os.PathLike[str], split: str = "test") -> EvalQ
     folder = Path(prepared)
     if split not in ("valid", "test"):
         raise DataError(f"unknown split {split!r}; choose 'valid' or 'test'", path=folder)
-    paths = {name: folder / f"{name}.parquet" for name in (split, "users", "items")}
-    for path in paths.values():
-        if not path.is_file():
-            raise DataError("missing; is this a folder written by twotower.prepare?", path=path)
+    paths = prepared_files(folder, split, "users", "items")
     targets = pl.read_parquet(paths[split], columns=["user_index", "item_index", "timestamp",
                                                      "history"])
     users = pl.read_parquet(paths["users"], columns=["user_index", "user_id", "history"])

@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import polars as pl
 
+from twotower.data import prepared_files
 from twotower.files import DataError
 from twotower.towers import PAD, ItemFeatures
 from twotower.vectors import Vectors
@@ -79,11 +79,7 @@ class TrainingRows:
 
 def load_training(prepared: str | os.PathLike[str]) -> TrainingRows:
     """The training split and user sequences of a folder written by `twotower.prepare`."""
-    folder = Path(prepared)
-    paths = {name: folder / f"{name}.parquet" for name in ("train", "users", "items")}
-    for path in paths.values():
-        if not path.is_file():
-            raise DataError("missing; is this a folder written by twotower.prepare?", path=path)
+    paths = prepared_files(prepared, "train", "users", "items")
     train = pl.read_parquet(paths["train"], columns=["user_index", "item_index", "position"])
     users = pl.read_parquet(paths["users"], columns=["user_index", "history"]).sort("user_index")
     items = pl.read_parquet(paths["items"], columns=["item_index", "count"]).sort("item_index")
@@ -123,9 +119,7 @@ def item_features(
     of `catalog`, when attributes are read from it) that the log never mentions, so products
     without a single interaction get vectors too; they are cold (no id row).
     """
-    path = Path(prepared) / "items.parquet"
-    if not path.is_file():
-        raise DataError("missing; is this a folder written by twotower.prepare?", path=path)
+    path = prepared_files(prepared, "items")["items"]
     items = pl.read_parquet(path, columns=["item_index", "item_id", "count"]).sort("item_index")
     ids = pd.Index(np.asarray(items["item_id"].to_numpy(), dtype=str))
     warm = items["count"].to_numpy() > 0
