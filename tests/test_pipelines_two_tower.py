@@ -17,6 +17,7 @@ from pipelines.evaluate_retrieval import run as evaluate_retrieval
 from pipelines.tracking import tracking_uri
 from pipelines.train_two_tower import TrainTwoTowerConfig, run
 from twotower.data import PrepareConfig, prepare
+from twotower.files import DataError
 from twotower.inputs import load_training
 from twotower.synthetic import ShopConfig, make_shop
 from twotower.towers import TowerConfig
@@ -90,6 +91,15 @@ def test_exported_vectors_feed_build_index_and_evaluate_retrieval(shop, tmp_path
     table = pd.read_csv(run_dir / "evaluate_retrieval" / "metrics.csv")
     assert set(table["scorer"]) == {"two_tower", "popularity"}
     assert 0.0 <= summary["metrics"]["two_tower"]["recall@20"] <= 1.0
+
+
+def test_a_catalog_without_the_attribute_column_is_named_and_nothing_is_written(shop, tmp_path):
+    cfg = TrainTwoTowerConfig(run_dir=str(tmp_path), prepared=str(shop / "run" / "prepare"),
+                              catalog=str(shop / "catalog.parquet"), attributes=("brand",),
+                              device="cpu", train=TRAIN)
+    with pytest.raises(DataError, match=r"catalog\.parquet, column 'brand': missing column"):
+        run(cfg)
+    assert not (tmp_path / "train_two_tower").exists()
 
 
 def test_command_line_reaches_the_nested_train_and_tower_fields():
