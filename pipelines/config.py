@@ -79,21 +79,25 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None:
+def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str,
+                defaults: Any = None) -> None:
+    """One option per field of `cls`; `defaults`, an instance of it, overrides the class's own
+    defaults (a nested field's default_factory may configure it differently)."""
     hints = typing.get_type_hints(cls)
     docs = _field_docs(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
         name = f"{prefix}{f.name}"
+        default = getattr(defaults, f.name) if defaults is not None else _default(f)
         if dataclasses.is_dataclass(kind):
-            _add_fields(parser, kind, prefix=f"{name}.")
+            _add_fields(parser, kind, prefix=f"{name}.",
+                        defaults=None if default is dataclasses.MISSING else default)
             continue
         option = "--" + name.replace("_", "-")
         try:
             form = _option_form(kind)
         except TypeError as err:
             raise TypeError(f"{cls.__name__}.{f.name} ({option}): {err}") from None
-        default = _default(f)
         required = default is dataclasses.MISSING  # then no "(default: ...)" in --help
         parser.add_argument(option, dest=name, required=required, help=docs.get(f.name, ""),
                             default=argparse.SUPPRESS if required else default, **form)

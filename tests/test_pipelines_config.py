@@ -62,6 +62,22 @@ def test_defaults_and_every_kind_of_field():
     assert cfg.inner.events is None and cfg.inner.weights is None
 
 
+@dataclass
+class Tuned:
+    """A stage that configures its nested settings differently from their own defaults."""
+
+    inner: Inner = field(default_factory=lambda: Inner(rate=0.7, sizes=(2,)))
+    """Tuned inner settings."""
+
+
+def test_a_nested_default_factory_sets_the_nested_defaults(capsys):
+    assert parse_config(Tuned, []) == Tuned()
+    assert parse_config(Tuned, ["--inner.sizes", "3"]) == Tuned(Inner(rate=0.7, sizes=(3,)))
+    with pytest.raises(SystemExit):
+        parse_config(Tuned, ["--help"])
+    assert "(default: 0.7)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
