@@ -21,7 +21,7 @@ from matplotlib.figure import Figure  # no pyplot: no display or global figure s
 
 from twotower.files import atomic_path
 
-__all__ = ["markdown", "plot_curves", "write_report"]
+__all__ = ["headline", "markdown", "plot_curves", "write_report"]
 
 _SUMMARY_METRICS = ("recall", "recall_capped", "ndcg", "hit_rate", "mrr", "coverage")
 
@@ -34,6 +34,21 @@ def markdown(frame: pd.DataFrame, digits: int = 4) -> str:
     lines = ["| " + " | ".join(r) + " |" for r in [header, *cells]]
     lines.insert(1, "|" + "|".join(["---"] + ["---:"] * len(frame.columns)) + "|")
     return "\n".join(lines)
+
+
+def headline(table: pd.DataFrame, k: int) -> pd.DataFrame:
+    """One row per scorer at one k: recall and NDCG on all targets, recall per item slice."""
+    rows = table[table["k"] == k]
+    scorers = list(pd.unique(rows["scorer"]))
+    columns = {f"recall@{k}": ("all", "recall"), f"ndcg@{k}": ("all", "ndcg")}
+    for slice_name in pd.unique(rows["slice"]):
+        if slice_name != "all":
+            columns[f"{slice_name} recall@{k}"] = (slice_name, "recall")
+    out = pd.DataFrame(index=pd.Index(scorers, name="scorer"))
+    for name, (slice_name, metric) in columns.items():
+        part = rows[(rows["slice"] == slice_name) & (rows["metric"] == metric)]
+        out[name] = part.set_index("scorer")["value"].reindex(scorers)
+    return out
 
 
 def _by_k(table: pd.DataFrame, slice_name: str, metrics: Sequence[str]) -> pd.DataFrame:

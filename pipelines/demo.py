@@ -1,0 +1,157 @@
+"""The end-to-end demo: product retrieval without labels, on a shop the project makes itself.
+
+    python -m pipelines.demo --run-dir runs/demo
+    python -m pipelines.demo --catalog fashion-mnist --data-dir ../shared/data/fashion-mnist
+
+Stages, each in `<run_dir>/<stage>/` and each a nested MLflow run under one `demo` run:
+
+    make_shop           the synthetic shop: product images, shoppers and their interaction log
+    pretrain_vision     SimCLR on the product images (narrow ResNet), no labels
+    embed_catalog       the frozen image embedding h of every product
+    prepare             the log → temporal train / valid / test split
+    train_two_tower     two models: id_only (item ids) and image (item ids + image h)
+    build_index         a FAISS index of each model's item vectors
+    evaluate_retrieval  both models beside popularity, EASE and image-kNN on the test users
+
+It ends by printing the results table; `<run_dir>/evaluate_retrieval/` holds `report.md` and
+the recall@k and NDCG@k plots. Run it again and every finished stage is skipped; stop it and
+run it again and it resumes the stage it was in (`pipelines.stages`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from pipelines import (
+    build_index,
+    embed_catalog,
+    evaluate_retrieval,
+    make_shop,
+    prepare,
+    pretrain_vision,
+    train_two_tower,
+)
+from pipelines.config import parse_config
+from pipelines.report import headline, markdown
+from pipelines.stages import Stages
+from pipelines.tracking import stage_run
+from simclr_vision.pretrain import PretrainConfig
+from twotower.data import PrepareConfig
+from twotower.synthetic import ShopConfig
+from twotower.train import TrainConfig
+
+__all__ = ["DemoConfig", "main", "run"]
+
+MODELS = ("id_only", "image")
+"""The two-tower models the demo trains: without and with the image embedding h."""
+
+
+@dataclass
+class DemoConfig:
+    """The end-to-end demo (`python -m pipelines.demo`)."""
+
+    run_dir: str = "runs/demo"
+    """Folder of every stage's outputs and of the MLflow store (mlflow.db)."""
+    catalog: Literal["synthetic", "fashion-mnist"] = "synthetic"
+    """The products' images: procedural drawings, or real Fashion-MNIST images."""
+    data_dir: str | None = None
+    """Fashion-MNIST idx folder for --catalog fashion-mnist; None: ../shared/data/fashion-mnist."""
+    device: str = "auto"
+    """cpu, cuda, or auto (cuda when available), for every stage."""
+    ks: tuple[int, ...] = (10, 20, 50, 100)
+    """Cut-offs k of the evaluation's metrics@k."""
+    report_k: int = 50
+    """The k of the printed results table."""
+    shop: ShopConfig = field(default_factory=ShopConfig)
+    """The synthetic shop's catalog, shoppers and log."""
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
+        arch="resnet_narrow", epochs=15, batch_size=256, knn_every=0))
+    """SimCLR pretraining; the narrow ResNet trains in about two minutes on two CPU cores."""
+    data: PrepareConfig = field(default_factory=lambda: PrepareConfig(
+        protocol="temporal", min_user_interactions=3, min_item_interactions=1))
+    """The split; every item stays in, so products first sold after the cut are cold."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=512))
+    """Two-tower training, the same for both models."""
+
+    def __post_init__(self) -> None:
+        for name, kind in (("shop", ShopConfig), ("pretrain", PretrainConfig),
+                           ("data", PrepareConfig), ("train", TrainConfig)):
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, kind(**getattr(self, name)))
+        if self.catalog not in ("synthetic", "fashion-mnist"):
+            raise ValueError(f"catalog must be synthetic or fashion-mnist, got {self.catalog!r}")
+        if self.report_k not in self.ks:
+            raise ValueError(f"report_k {self.report_k} must be one of ks {list(self.ks)}")
+
+
+def run(cfg: DemoConfig) -> dict[str, Any]:
+    """Run every stage not already done; return each stage's summary and the results table."""
+    run_dir = Path(cfg.run_dir)
+    stages = Stages()
+    with stage_run("demo", cfg, run_dir) as parent:
+        shop = stages("make_shop", run_dir / make_shop.STAGE, make_shop.MakeShopConfig(
+            run_dir=cfg.run_dir, data_dir=cfg.data_dir, shop=cfg.shop,
+            images="procedural" if cfg.catalog == "synthetic" else "fashion-mnist"),
+            make_shop.run)
+        pretrained = stages(
+            "pretrain_vision", run_dir / pretrain_vision.STAGE,
+            pretrain_vision.PretrainVisionConfig(source=shop["catalog"], run_dir=cfg.run_dir,
+                                                 device=cfg.device, pretrain=cfg.pretrain),
+            pretrain_vision.run)
+        embedded = stages("embed_catalog", run_dir / embed_catalog.STAGE,
+                          embed_catalog.EmbedCatalogConfig(
+                              catalog=shop["catalog"], run_dir=cfg.run_dir,
+                              checkpoint=pretrained["checkpoint"], device=cfg.device),
+                          embed_catalog.run)
+        prepared = stages("prepare", run_dir / "prepare", prepare.PrepareStage(
+            source=shop["interactions"], run_dir=cfg.run_dir, data=cfg.data), prepare.run)
+        indexes, user_vectors = {}, {}
+        for name in MODELS:
+            trained = stages(
+                f"train_two_tower/{name}", run_dir / train_two_tower.STAGE / name,
+                train_two_tower.TrainTwoTowerConfig(
+                    run_dir=cfg.run_dir, name=name, prepared=prepared["folder"],
+                    embeddings=embedded["embeddings"] if name == "image" else None,
+                    device=cfg.device, train=cfg.train),
+                train_two_tower.run)
+            index = stages(f"build_index/{name}", run_dir / build_index.STAGE / name,
+                           build_index.BuildIndexConfig(
+                               vectors=trained["vectors"]["items"], run_dir=cfg.run_dir,
+                               name=name, device=cfg.device),
+                           build_index.run)
+            indexes[name] = index["index"]
+            user_vectors[name] = trained["vectors"]["test"]
+        evaluated = stages(
+            "evaluate_retrieval", run_dir / evaluate_retrieval.STAGE,
+            evaluate_retrieval.EvaluateRetrievalConfig(
+                run_dir=cfg.run_dir, prepared=prepared["folder"], ks=cfg.ks, models=indexes,
+                user_vectors=user_vectors, baselines=("popularity", "ease", "image_knn"),
+                embeddings=embedded["embeddings"], device=cfg.device),
+            evaluate_retrieval.run)
+        table = pd.read_csv(Path(evaluated["report"]).with_name("metrics.csv"))
+        results = headline(table, cfg.report_k)
+        parent.log({f"{scorer}/{column.replace('@', '_at_').replace(' ', '_')}": value
+                    for scorer, row in results.iterrows()
+                    for column, value in row.items() if pd.notna(value)}, step=0)
+        parent.artifact(evaluated["report"], folder="report")
+    return {"ran": stages.ran, "skipped": stages.skipped, "report": evaluated["report"],
+            "results": results}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse `DemoConfig` from the command line, run the demo and print the results table."""
+    cfg = parse_config(DemoConfig, argv)
+    out = run(cfg)
+    print(f"\nstages run: {', '.join(out['ran']) or 'none'}; "
+          f"skipped (already done): {', '.join(out['skipped']) or 'none'}")
+    print(f"\nTest users, recall and NDCG at k = {cfg.report_k} (report: {out['report']}):\n")
+    print(markdown(out["results"]))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Stage `make_shop`: the synthetic shop as Parquet files, the demo's own data.
+
+    python -m pipelines.make_shop --run-dir runs/demo --shop.num-items 2000
+    python -m pipelines.make_shop --run-dir runs/fmnist --images fashion-mnist
+
+Writes `<run_dir>/make_shop/`: `catalog.parquet` (item_id, image PNG bytes, category, pattern,
+colour, release_time, popularity), `interactions.parquet` (user_id, item_id, timestamp, event),
+`users.parquet` (the shoppers' true tastes) and `shop.json` (`twotower.synthetic.write_shop`).
+The products are procedural drawings, or Fashion-MNIST training images (`--images
+fashion-mnist`), whose class is then the category.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pipelines.config import parse_config
+from pipelines.tracking import stage_run
+from simclr_vision.data import find_fashion_mnist, load_idx
+from twotower.files import DataError
+from twotower.synthetic import ShopConfig, make_shop, write_shop
+
+__all__ = ["MakeShopConfig", "main", "run"]
+
+STAGE = "make_shop"
+
+
+@dataclass
+class MakeShopConfig:
+    """Generate the synthetic shop (stage `make_shop`)."""
+
+    run_dir: str = "runs/demo"
+    """The pipeline's run folder; this stage writes `<run_dir>/make_shop/`."""
+    images: Literal["procedural", "fashion-mnist"] = "procedural"
+    """The products' pictures: procedural drawings or Fashion-MNIST training images."""
+    data_dir: str | None = None
+    """Fashion-MNIST idx folder; None: ../shared/data/fashion-mnist or Debian's copy."""
+    shop: ShopConfig = field(default_factory=ShopConfig)
+    """Catalog, shoppers and log sizes, tastes and seed."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shop, dict):
+            self.shop = ShopConfig(**self.shop)
+        if self.images not in ("procedural", "fashion-mnist"):
+            raise ValueError(f"images must be procedural or fashion-mnist, got {self.images!r}")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run_dir) / STAGE
+
+
+def run(cfg: MakeShopConfig) -> dict[str, Any]:
+    """Write the shop's files; return their paths and sizes."""
+    given = {}
+    if cfg.images == "fashion-mnist":
+        folder = Path(cfg.data_dir) if cfg.data_dir else find_fashion_mnist()
+        if folder is None:
+            raise DataError("Fashion-MNIST not found: pass --data-dir, the folder of its four "
+                            "idx files", path="../shared/data/fashion-mnist")
+        train = load_idx(folder, "train")
+        given = {"images": train.images.numpy(), "labels": train.labels.numpy()}
+    with stage_run(STAGE, cfg, cfg.run_dir) as tracker:
+        shop = make_shop(cfg.shop, **given)
+        paths = write_shop(shop, cfg.out_dir)
+        sizes = {"num_items": len(shop.catalog), "num_users": len(shop.user_ids),
+                 "num_interactions": len(shop.interactions)}
+        tracker.log(sizes, step=0)
+        tracker.artifact(paths["config"])
+    return {**{name: str(path) for name, path in paths.items()}, **sizes}
+
+
+def main(argv: list[str] | None = None) -> None:
+    print(json.dumps(run(parse_config(MakeShopConfig, argv)), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The end-to-end demo at a tiny size: results, skipping, resuming, and the MLflow record."""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import demo
+from pipelines.tracking import StageRun, tracking_uri
+
+pytestmark = pytest.mark.usefixtures("local_mlflow")
+
+TINY = ["--shop.num-items", "120", "--shop.num-users", "60", "--shop.num-interactions", "2500",
+        "--shop.image-size", "8", "--pretrain.image-size", "8", "--pretrain.epochs", "1",
+        "--pretrain.batch-size", "32", "--train.epochs", "3", "--train.batch-size", "128",
+        "--ks", "5", "10", "--report-k", "10", "--device", "cpu"]
+STAGES = ["make_shop", "pretrain_vision", "embed_catalog", "prepare", "train_two_tower/id_only",
+          "build_index/id_only", "train_two_tower/image", "build_index/image",
+          "evaluate_retrieval"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One uninterrupted demo run: (run folder, what `main` returned)."""
+    run_dir = tmp_path_factory.mktemp("demo")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        out = demo.main(["--run-dir", str(run_dir), *TINY])
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+    return run_dir, out
+
+
+def test_demo_runs_every_stage_and_reports(finished, capsys):
+    run_dir, out = finished
+    assert out["ran"] == STAGES and out["skipped"] == []
+    results = out["results"]
+    assert list(results.index) == ["id_only", "image", "popularity", "ease", "image_knn"]
+    assert {"recall@10", "ndcg@10", "warm recall@10", "tail recall@10"} <= set(results.columns)
+    assert results["recall@10"].between(0, 1).all() and results["recall@10"].max() > 0
+    report = run_dir / "evaluate_retrieval"
+    for name in ("report.md", "metrics.csv", "recall_at_k.png", "ndcg_at_k.png"):
+        assert (report / name).stat().st_size > 0
+    assert (report / "recall_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_running_it_again_skips_every_stage(finished, capsys):
+    run_dir, out = finished
+    again = demo.main(["--run-dir", str(run_dir), *TINY])
+    assert again["ran"] == [] and again["skipped"] == STAGES
+    pd.testing.assert_frame_equal(again["results"], out["results"])
+    assert "skipped (already done): make_shop" in capsys.readouterr().out
+
+
+def test_mlflow_holds_the_parent_and_one_child_per_stage(finished):
+    run_dir, _ = finished
+    mlflow.set_tracking_uri(tracking_uri(run_dir))
+    runs = mlflow.search_runs(experiment_names=["twotower"], order_by=["start_time ASC"])
+    parent = runs[runs["tags.mlflow.runName"] == "demo"].iloc[0]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]]
+    names = [s.split("/")[0] for s in STAGES]
+    assert sorted(children["tags.mlflow.runName"]) == sorted(names)
+    assert (children["status"] == "FINISHED").all()
+    assert parent["params.pretrain.arch"] == "resnet_narrow"
+    assert parent["metrics.image/recall_at_10"] == pytest.approx(
+        finished[1]["results"].loc["image", "recall@10"])
+    client = MlflowClient(tracking_uri(run_dir))
+    train = children[children["tags.mlflow.runName"] == "train_two_tower"]
+    assert train["params.train.epochs"].eq("3").all()
+    for run_id in train["run_id"]:
+        assert len(client.get_metric_history(run_id, "epoch/loss")) == 3
+        assert {a.path for a in client.list_artifacts(run_id)} == {"model", "vectors"}
+    evaluation = children[children["tags.mlflow.runName"] == "evaluate_retrieval"].iloc[0]
+    files = {a.path for a in client.list_artifacts(evaluation["run_id"], "report")}
+    assert {"report/report.md", "report/recall_at_k.png"} <= files
+
+
+def test_killed_during_training_it_resumes_to_the_same_metrics(finished, tmp_path, monkeypatch):
+    run_dir, _ = finished
+    log = StageRun.log
+    seen = []
+
+    def interrupt(self, metrics, step):
+        name = mlflow.active_run().info.run_name
+        if name == "train_two_tower" and "epoch/loss" in metrics and step == 2:
+            seen.append(step)
+            if len(seen) == 2:  # the image model, after its second epoch
+                raise KeyboardInterrupt
+        log(self, metrics, step)
+
+    monkeypatch.setattr(StageRun, "log", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        demo.main(["--run-dir", str(tmp_path), *TINY])
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    assert (tmp_path / "train_two_tower" / "image" / "last.pt").is_file()
+    assert not (tmp_path / "evaluate_retrieval").exists()
+    monkeypatch.setattr(StageRun, "log", log)
+    resumed = demo.main(["--run-dir", str(tmp_path), *TINY])
+    assert resumed["ran"] == STAGES[6:]
+    straight = pd.read_csv(run_dir / "evaluate_retrieval" / "metrics.csv")
+    again = pd.read_csv(tmp_path / "evaluate_retrieval" / "metrics.csv")
+    pd.testing.assert_frame_equal(again, straight)
+    mlflow.set_tracking_uri(tracking_uri(tmp_path))
+    runs = mlflow.search_runs(experiment_names=["twotower"])
+    assert set(runs["status"]) >= {"FAILED", "FINISHED"}
