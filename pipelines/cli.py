@@ -1,0 +1,178 @@
+"""`twotower STAGE [--config FILE.toml] [--set KEY=VALUE ...] [OPTIONS]`: every stage, one command.
+
+    twotower demo
+    twotower demo --config configs/fashion_mnist.toml
+    twotower train_two_tower --config configs/movielens.toml --set train.epochs=5
+    twotower prepare --help
+
+A config file is TOML. Its top-level keys `run_dir` and `device` go to every stage that has
+such a field; a table named after a stage (`[prepare]`, `[train_two_tower.train]`) holds that
+stage's own settings, nested as its config dataclass is. `--set train.epochs=5` overrides one
+setting, and any stage option (`--train.epochs 5`, see `twotower STAGE --help`) may follow;
+later ones win. Each stage's config class says what every option does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import shlex
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from twotower.files import DataError
+
+__all__ = ["STAGES", "main", "stage_argv"]
+
+STAGES: dict[str, tuple[str, str]] = {
+    "make_shop": ("pipelines.make_shop", "MakeShopConfig"),
+    "prepare": ("pipelines.prepare", "PrepareStage"),
+    "pretrain_vision": ("pipelines.pretrain_vision", "PretrainVisionConfig"),
+    "embed_catalog": ("pipelines.embed_catalog", "EmbedCatalogConfig"),
+    "train_two_tower": ("pipelines.train_two_tower", "TrainTwoTowerConfig"),
+    "build_index": ("pipelines.build_index", "BuildIndexConfig"),
+    "evaluate_retrieval": ("pipelines.evaluate_retrieval", "EvaluateRetrievalConfig"),
+    "figures": ("pipelines.figures", "FiguresConfig"),
+    "demo": ("pipelines.demo", "DemoConfig"),
+}
+"""Stage name → (its module, which has `main(argv)`; its config dataclass)."""
+SHARED = ("run_dir", "device")
+"""Top-level keys of a config file, given to every stage that has such a field."""
+
+
+def _fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def _option(cls: type, dotted: str, value: Any, where: str) -> list[str]:
+    """One setting `a.b.c = value` of config class `cls` as command-line tokens."""
+    *path, name = dotted.split(".")
+    for part in path:
+        fields = _fields(cls)
+        if part not in fields or not dataclasses.is_dataclass(fields[part][1]):
+            raise DataError(f"{cls.__name__} has no settings table {part!r}", path=where,
+                            column=dotted)
+        cls = fields[part][1]
+    fields = _fields(cls)
+    if name not in fields or dataclasses.is_dataclass(fields[name][1]):
+        raise DataError(f"{cls.__name__} has no setting {name!r}; "
+                        f"it has {', '.join(fields)}", path=where, column=dotted)
+    flag = "--" + dotted.replace("_", "-")
+    if fields[name][1] is bool:
+        if isinstance(value, str):
+            value = {"true": True, "false": False}.get(value.lower(), value)
+        if not isinstance(value, bool):
+            raise DataError("a switch takes true or false", path=where, column=dotted,
+                            value=value)
+        return [flag if value else "--no-" + flag[2:]]
+    if isinstance(value, dict):
+        return [flag, *(f"{k}={v}" for k, v in value.items())]
+    if isinstance(value, list | tuple):
+        return [flag, *map(str, value)]
+    return [flag, str(value)]
+
+
+def _flatten(table: dict[str, Any], cls: type, prefix: str = "") -> list[tuple[str, Any]]:
+    """A TOML table → (dotted key, value) pairs, descending only into nested config classes."""
+    fields = _fields(cls)
+    pairs = []
+    for key, value in table.items():
+        kind = fields[key][1] if key in fields else None
+        if isinstance(value, dict) and kind is not None and dataclasses.is_dataclass(kind):
+            pairs += _flatten(value, kind, f"{prefix}{key}.")
+        else:
+            pairs.append((f"{prefix}{key}", value))
+    return pairs
+
+
+def stage_argv(stage: str, cls: type, config: str | Path | None = None,
+               settings: Sequence[str] = ()) -> list[str]:
+    """The stage's command-line tokens for a TOML file and `KEY=VALUE` settings."""
+    argv: list[str] = []
+    if config is not None:
+        path = Path(config)
+        try:
+            document = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise DataError("no config file here", path=path) from None
+        except tomllib.TOMLDecodeError as err:
+            raise DataError(f"not valid TOML: {err}", path=path) from None
+        stray = [k for k in document if k not in STAGES and k not in SHARED]
+        if stray:
+            raise DataError(f"top-level key {stray[0]!r} is neither a stage table "
+                            f"({', '.join(STAGES)}) nor a shared setting ({', '.join(SHARED)})",
+                            path=path, column=stray[0])
+        fields = _fields(cls)
+        shared = {k: v for k, v in document.items() if k in SHARED and k in fields}
+        own = document.get(stage, {})
+        for key, value in _flatten(shared, cls) + _flatten(own, cls):
+            argv += _option(cls, key, value, str(path))
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            raise DataError("--set takes KEY=VALUE, e.g. train.epochs=5", value=setting)
+        tokens = shlex.split(value)
+        argv += _option(cls, key.strip(), tokens if len(tokens) != 1 else tokens[0],
+                        "--set")
+    return argv
+
+
+def _split(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
+    """Pull `--config FILE` and every `--set KEY=VALUE` out of argv; the rest goes to the stage."""
+    config, settings, rest = None, [], []
+    tokens = iter(argv)
+    for token in tokens:
+        if token in ("--config", "--set"):
+            value = next(tokens, None)
+            if value is None:
+                raise SystemExit(f"twotower: {token} needs a value")
+            if token == "--config":
+                config = value
+            else:
+                settings.append(value)
+        elif token.startswith(("--config=", "--set=")):
+            name, value = token.split("=", 1)
+            if name == "--config":
+                config = value
+            else:
+                settings.append(value)
+        else:
+            rest.append(token)
+    return config, settings, rest
+
+
+def _usage() -> str:
+    return (__doc__ or "").split("\n\n")[0].strip() + "\n\nstages: " + ", ".join(STAGES)
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    """Run `twotower STAGE ...`; returns what the stage's `main` returns."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return None
+    stage, *rest = argv
+    if stage not in STAGES:
+        raise SystemExit(f"twotower: unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    module_name, class_name = STAGES[stage]
+    module = importlib.import_module(module_name)
+    config, settings, rest = _split(rest)
+    try:
+        tokens = stage_argv(stage, getattr(module, class_name), config, settings)
+    except DataError as err:
+        raise SystemExit(f"twotower {stage}: {err}") from None
+    run: Callable[[list[str]], Any] = module.main
+    return run(tokens + rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""`twotower STAGE --config FILE.toml --set KEY=VALUE`: configs, overrides, errors, a real run."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines import cli
+from pipelines.config import parse_config
+from pipelines.demo import DemoConfig
+from pipelines.make_shop import MakeShopConfig
+from twotower.files import DataError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def config_of(stage, *args):
+    module, name = cli.STAGES[stage]
+    cls = getattr(importlib.import_module(module), name)
+    return parse_config(cls, cli.stage_argv(stage, cls, *args))
+
+
+@pytest.mark.parametrize(("path", "stages"), [
+    ("demo.toml", ["demo"]),
+    ("fashion_mnist.toml", ["demo"]),
+    ("movielens.toml", ["prepare", "train_two_tower", "build_index", "evaluate_retrieval"]),
+])
+def test_every_shipped_config_builds_its_stages(path, stages):
+    for stage in stages:
+        cfg = config_of(stage, CONFIGS / path)
+        assert cfg.run_dir == f"runs/{path.removesuffix('.toml')}"
+
+
+def test_the_demo_config_is_the_demo_defaults_and_the_others_differ():
+    assert config_of("demo", CONFIGS / "demo.toml") == DemoConfig()
+    fmnist = config_of("demo", CONFIGS / "fashion_mnist.toml")
+    assert fmnist.catalog == "fashion-mnist" and fmnist.pretrain.image_size == 28
+    prepare = config_of("prepare", CONFIGS / "movielens.toml")
+    assert prepare.data.columns == {"userId": "user_id", "movieId": "item_id"}
+    evaluate = config_of("evaluate_retrieval", CONFIGS / "movielens.toml")
+    assert evaluate.ks == (10, 20, 50) and evaluate.baselines == ("popularity", "ease")
+    assert set(evaluate.models) == {"id_only"}
+
+
+def test_settings_override_the_file_and_take_every_kind(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('run_dir = "a"\n[demo.train]\nepochs = 3\nlearn_temperature = true\n')
+    cfg = config_of("demo", path, ["train.epochs=7", "ks=5 10", "report_k=10", "run_dir=b",
+                                   "train.learn_temperature=false", "data.columns=a=user_id"])
+    assert cfg.train.epochs == 7 and cfg.ks == (5, 10) and cfg.run_dir == "b"
+    assert cfg.train.learn_temperature is False
+    assert cfg.data.columns == {"a": "user_id"}
+    assert config_of("demo", path).train.learn_temperature is True
+
+
+@pytest.mark.parametrize(("text", "settings", "message"), [
+    ("[demo]\nepochs = 3\n", [], "has no setting 'epochs'"),
+    ("[demo.trian]\nepochs = 3\n", [], "has no setting 'trian'"),
+    ("runs = 1\n", [], "top-level key 'runs'"),
+    ("[demo\n", [], "not valid TOML"),
+    ("", ["train.epochs"], "--set takes KEY=VALUE"),
+    ("", ["train.learn_temperature=maybe"], "a switch takes true or false"),
+    ("", ["shop.seed.x=1"], "no settings table 'seed'"),
+])
+def test_bad_settings_name_the_file_and_the_key(tmp_path, text, settings, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message) as err:
+        config_of("demo", path, settings)
+    if not settings:
+        assert str(path) in str(err.value)
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+    with pytest.raises(DataError, match="no config file here") as err:
+        config_of("demo", tmp_path / "nope.toml")
+    assert "nope.toml" in str(err.value)
+
+
+def test_usage_help_and_unknown_stages(capsys):
+    cli.main([])
+    assert "stages: make_shop, prepare" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown stage 'trian'"):
+        cli.main(["trian"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--train.epochs" in out and "Most passes over the training split" in out
+    with pytest.raises(SystemExit, match=r"twotower demo: .*bad\.toml"):
+        cli.main(["demo", "--config", "bad.toml"])
+
+
+@pytest.mark.usefixtures("local_mlflow")
+def test_a_stage_runs_from_a_config_file(tmp_path, capsys):
+    path = tmp_path / "shop.toml"
+    path.write_text(f'run_dir = "{tmp_path / "run"}"\n[make_shop.shop]\nnum_items = 30\n'
+                    "num_users = 10\nnum_interactions = 200\nimage_size = 8\n")
+    cli.main(["make_shop", "--config", str(path), "--set", "shop.seed=3"])
+    summary = json.loads(capsys.readouterr().out)
+    catalog = pd.read_parquet(summary["catalog"])
+    assert len(catalog) == 30 and summary["num_interactions"] == 200
+    made = json.loads(Path(summary["config"]).read_text())
+    assert made["seed"] == 3
+    assert parse_config(MakeShopConfig, cli.stage_argv("make_shop", MakeShopConfig, path)
+                        ).shop.num_items == 30
