@@ -12,10 +12,13 @@ Stages, each in `<run_dir>/<stage>/` and each a nested MLflow run under one `dem
     train_two_tower     two models: id_only (item ids) and image (item ids + image h)
     build_index         a FAISS index of each model's item vectors
     evaluate_retrieval  both models beside popularity, EASE and image-kNN on the test users
+    figures             products beside their image-h neighbours; users' histories beside
+                        what the image model retrieves for them
 
 It ends by printing the results table; `<run_dir>/evaluate_retrieval/` holds `report.md` and
-the recall@k and NDCG@k plots. Run it again and every finished stage is skipped; stop it and
-run it again and it resumes the stage it was in (`pipelines.stages`).
+the recall@k and NDCG@k plots, `<run_dir>/figures/` the two galleries. Run it again and every
+finished stage is skipped; stop it and run it again and it resumes the stage it was in
+(`pipelines.stages`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pipelines import (
     build_index,
     embed_catalog,
     evaluate_retrieval,
+    figures,
     make_shop,
     prepare,
     pretrain_vision,
@@ -132,6 +136,10 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                 user_vectors=user_vectors, baselines=("popularity", "ease", "image_knn"),
                 embeddings=embedded["embeddings"], device=cfg.device),
             evaluate_retrieval.run)
+        drawn = stages("figures", run_dir / figures.STAGE, figures.FiguresConfig(
+            catalog=shop["catalog"], embeddings=embedded["embeddings"], index=indexes["image"],
+            user_vectors=user_vectors["image"], run_dir=cfg.run_dir,
+            prepared=prepared["folder"]), figures.run)
         table = pd.read_csv(Path(evaluated["report"]).with_name("metrics.csv"))
         results = headline(table, cfg.report_k)
         parent.log({f"{scorer}/{column.replace('@', '_at_').replace(' ', '_')}": value
@@ -139,6 +147,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                     for column, value in row.items() if pd.notna(value)}, step=0)
         parent.artifact(evaluated["report"], folder="report")
     return {"ran": stages.ran, "skipped": stages.skipped, "report": evaluated["report"],
+            "plots": [*(str(Path(evaluated["report"]).with_name(f"{m}_at_k.png"))
+                        for m in ("recall", "ndcg")), *drawn.values()],
             "results": results}
 
 
@@ -150,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"skipped (already done): {', '.join(out['skipped']) or 'none'}")
     print(f"\nTest users, recall and NDCG at k = {cfg.report_k} (report: {out['report']}):\n")
     print(markdown(out["results"]))
+    print("\nplots:\n" + "\n".join(f"  {path}" for path in out["plots"]))
     return out
 
 

@@ -18,7 +18,7 @@ TINY = ["--shop.num-items", "120", "--shop.num-users", "60", "--shop.num-interac
         "--ks", "5", "10", "--report-k", "10", "--device", "cpu"]
 STAGES = ["make_shop", "pretrain_vision", "embed_catalog", "prepare", "train_two_tower/id_only",
           "build_index/id_only", "train_two_tower/image", "build_index/image",
-          "evaluate_retrieval"]
+          "evaluate_retrieval", "figures"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,11 @@ def test_demo_runs_every_stage_and_reports(finished, capsys):
     report = run_dir / "evaluate_retrieval"
     for name in ("report.md", "metrics.csv", "recall_at_k.png", "ndcg_at_k.png"):
         assert (report / name).stat().st_size > 0
-    assert (report / "recall_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(out["plots"]) == 4
+    for plot in out["plots"]:
+        assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert {p.split("/")[-1] for p in out["plots"]} >= {"image_neighbours.png",
+                                                         "user_retrievals.png"}
 
 
 def test_running_it_again_skips_every_stage(finished, capsys):

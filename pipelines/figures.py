@@ -1,0 +1,182 @@
+"""Stage `figures`: pictures of what the models learned, for people rather than tables.
+
+    python -m pipelines.figures --run-dir runs/demo --model image
+
+Writes `<run_dir>/figures/`:
+
+    image_neighbours.png  query products (left column) and their nearest products by the
+                          frozen image embedding h (cosine), nearest first
+    user_retrievals.png   for a few test users: their latest history items, then the items
+                          the model retrieves for them, a test target framed in green
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from pipelines.config import parse_config
+from pipelines.evaluate_retrieval import model_scorer
+from pipelines.tracking import stage_run
+from simclr_vision.data import load_catalog
+from twotower.evaluate import load_queries
+from twotower.files import atomic_path
+from twotower.index import ItemIndex
+from twotower.vectors import read_vectors
+
+__all__ = ["FiguresConfig", "image_neighbours", "main", "run", "user_retrievals"]
+
+STAGE = "figures"
+
+
+@dataclass
+class FiguresConfig:
+    """Draw the demo's galleries (stage `figures`)."""
+
+    catalog: str
+    """Catalog Parquet with the product images (item_id, image or image_path)."""
+    embeddings: str
+    """Image embeddings Parquet (item_id, embedding) of the catalog."""
+    index: str
+    """The model's index folder (`build_index` output)."""
+    user_vectors: str
+    """The model's user vectors for the split's users (user_id, embedding)."""
+    run_dir: str = "runs/demo"
+    """The pipeline's run folder; this stage writes `<run_dir>/figures/`."""
+    prepared: str | None = None
+    """Prepared folder; None: `<run_dir>/prepare`."""
+    split: str = "test"
+    """Whose users `user_retrievals.png` shows."""
+    queries: int = 8
+    """Query products in `image_neighbours.png`."""
+    users: int = 4
+    """Users in `user_retrievals.png`."""
+    k: int = 8
+    """Neighbours per query product, and items retrieved per user."""
+    seed: int = 0
+    """Picks the query products and the users."""
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run_dir) / STAGE
+
+    @property
+    def prepared_dir(self) -> Path:
+        return Path(self.prepared) if self.prepared is not None else Path(self.run_dir) / "prepare"
+
+
+def _picture(ax, image: np.ndarray, *, frame: str | None = None) -> None:
+    """One (C, H, W) uint8 image on an axis, without ticks, optionally framed in a colour."""
+    pixels = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+    ax.imshow(pixels, cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=255)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(frame is not None)
+        if frame is not None:
+            spine.set_edgecolor(frame)
+            spine.set_linewidth(3)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return path
+
+
+def image_neighbours(images: np.ndarray, ids: np.ndarray, h: np.ndarray, path: str | Path, *,
+                     queries: int = 8, k: int = 8, seed: int = 0) -> Path:
+    """Gallery of `queries` random products, each followed by its k nearest by cosine on h.
+
+    images: (N, C, H, W) uint8 in the order of ids and h (N, d).
+    """
+    index = ItemIndex.build(h, ids, "flat", device="cpu")
+    rows = np.random.default_rng(seed).choice(len(ids), size=min(queries, len(ids)),
+                                              replace=False)
+    scores, found = index.search(h[rows], min(k + 1, len(ids)))
+    position = pd.Index(ids)
+    fig = Figure(figsize=(1.2 * (k + 1), 1.25 * len(rows)))
+    axes = fig.subplots(len(rows), k + 1, squeeze=False)
+    for r, row in enumerate(rows):
+        _picture(axes[r][0], images[row], frame="tab:blue")
+        axes[r][0].set_title(str(ids[row]), fontsize=7)
+        neighbours = [(i, s) for i, s in zip(found[r], scores[r], strict=True) if i != ids[row]]
+        for c, (item, score) in enumerate(neighbours[:k], start=1):
+            _picture(axes[r][c], images[position.get_loc(item)])
+            axes[r][c].set_title(f"{score:.2f}", fontsize=7)
+        for c in range(len(neighbours[:k]) + 1, k + 1):
+            axes[r][c].set_visible(False)
+    fig.suptitle("Query product (blue) and its nearest products by image h (cosine)")
+    return _save(fig, Path(path))
+
+
+def user_retrievals(images: np.ndarray, ids: np.ndarray, histories: list[np.ndarray],
+                    retrieved: np.ndarray, targets: list[set[str]], users: list[str],
+                    path: str | Path, *, history: int = 8) -> Path:
+    """Per user two rows: the latest `history` items they interacted with, then the items
+    retrieved for them (`retrieved`, (U, k) ids), a test target framed in green."""
+    k = retrieved.shape[1]
+    width = max(k, history)
+    position = pd.Index(ids)
+    fig = Figure(figsize=(1.1 * width, 2.5 * len(users)))
+    axes = fig.subplots(2 * len(users), width, squeeze=False)
+    for u, user in enumerate(users):
+        recent = list(histories[u][-history:])
+        for c in range(width):
+            top, bottom = axes[2 * u][c], axes[2 * u + 1][c]
+            top.set_visible(c < len(recent))
+            if c < len(recent):
+                _picture(top, images[position.get_loc(recent[c])])
+            item = retrieved[u][c] if c < k else None
+            bottom.set_visible(item is not None)
+            if item is not None:
+                _picture(bottom, images[position.get_loc(item)],
+                         frame="tab:green" if item in targets[u] else None)
+        hits = sum(item in targets[u] for item in retrieved[u])
+        axes[2 * u][0].set_title(f"{user}: latest history (newest right)", fontsize=8,
+                                 loc="left")
+        axes[2 * u + 1][0].set_title(f"retrieved top {k}: {hits} test target(s), framed",
+                                     fontsize=8, loc="left")
+    fig.suptitle("What a user did, and what the model retrieves for them")
+    return _save(fig, Path(path))
+
+
+def run(cfg: FiguresConfig) -> dict[str, Any]:
+    """Draw both figures; return their paths."""
+    catalog = load_catalog(cfg.catalog)
+    images, ids = catalog.images.numpy(), np.asarray(catalog.ids, dtype=str)
+    embeddings = read_vectors(cfg.embeddings)
+    row_of = pd.Index(embeddings.ids).get_indexer(ids)
+    has = row_of >= 0
+    with stage_run(STAGE, cfg, cfg.run_dir) as tracker:
+        paths = {"image_neighbours": image_neighbours(
+            images[has], ids[has], embeddings.vectors[row_of[has]],
+            cfg.out_dir / "image_neighbours.png", queries=cfg.queries, k=cfg.k, seed=cfg.seed)}
+        queries = load_queries(cfg.prepared_dir, cfg.split)
+        pick = np.sort(np.random.default_rng(cfg.seed).choice(
+            len(queries), size=min(cfg.users, len(queries)), replace=False))
+        queries = queries.take(pick)
+        retrieved = model_scorer(cfg.index, cfg.user_vectors).rank(queries, cfg.k)
+        names = queries.item_ids
+        paths["user_retrievals"] = user_retrievals(
+            images, ids, [names[h] for h in queries.history], retrieved,
+            [set(names[r]) for r in queries.relevant], list(queries.user_id),
+            cfg.out_dir / "user_retrievals.png")
+        for path in paths.values():
+            tracker.artifact(path, folder="figures")
+    return {name: str(path) for name, path in paths.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    print(json.dumps(run(parse_config(FiguresConfig, argv)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
