@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_model
 from benchmarks.tables import print_tables
-from simclr_vision.data import find_fashion_mnist, load_idx
+from pipelines.make_shop import MakeShopConfig, build_shop
 from simclr_vision.evaluate import knn_accuracy
 from simclr_vision.model import encode_images
 from simclr_vision.pretrain import PretrainConfig, pretrain
@@ -59,7 +59,7 @@ from twotower.evaluate import (
     load_queries,
 )
 from twotower.index import ItemIndex
-from twotower.synthetic import ShopConfig, make_shop
+from twotower.synthetic import ShopConfig
 from twotower.towers import TowerConfig
 from twotower.train import TrainConfig, fit, user_vectors_for
 from twotower.vectors import Vectors
@@ -70,15 +70,8 @@ MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest
 def _shop(root: Path, args: argparse.Namespace) -> tuple[Path, Vectors | None,
                                                          pd.DataFrame | None]:
     """Prepare the synthetic shop's log; pretrain SimCLR on its images and embed them."""
-    if args.images == "fashion-mnist":
-        folder = args.fashion_mnist or find_fashion_mnist()
-        if folder is None:
-            sys.exit("Fashion-MNIST is absent: pass --fashion-mnist FOLDER (its four idx files)")
-        given = load_idx(folder, "train")
-        shop = make_shop(ShopConfig(seed=args.seed), images=given.images.numpy(),
-                         labels=given.labels.numpy())
-    else:
-        shop = make_shop(ShopConfig(seed=args.seed))
+    shop = build_shop(MakeShopConfig(images=args.images, data_dir=args.fashion_mnist,
+                                     shop=ShopConfig(seed=args.seed)))
     shop.interactions.to_parquet(root / "log.parquet")
     prepared = prepare(root / "log.parquet", root / "prepare",
                        PrepareConfig(protocol=args.protocol, min_user_interactions=3,
@@ -118,7 +111,7 @@ def main() -> None:
     parser.add_argument("--data", choices=("shop", "movielens"), default="shop")
     parser.add_argument("--images", choices=("procedural", "fashion-mnist"),
                         default="procedural", help="the shop's product images")
-    parser.add_argument("--fashion-mnist", type=Path, default=None,
+    parser.add_argument("--fashion-mnist", default=None,
                         help="Fashion-MNIST idx folder (default: ../shared/data/fashion-mnist)")
     parser.add_argument("--protocol", default="temporal",
                         choices=("temporal", "leave_last_out", "holdout_users"))

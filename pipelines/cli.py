@@ -19,7 +19,7 @@ import importlib
 import shlex
 import sys
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +170,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
         tokens = stage_argv(stage, getattr(module, class_name), config, settings)
     except DataError as err:
         raise SystemExit(f"twotower {stage}: {err}") from None
-    run: Callable[[list[str]], Any] = module.main
-    return run(tokens + rest)
+    return module.main(tokens + rest)
 
 
 if __name__ == "__main__":

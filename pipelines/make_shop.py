@@ -21,9 +21,9 @@ from pipelines.config import parse_config
 from pipelines.tracking import stage_run
 from simclr_vision.data import find_fashion_mnist, load_idx
 from twotower.files import DataError
-from twotower.synthetic import ShopConfig, make_shop, write_shop
+from twotower.synthetic import Shop, ShopConfig, make_shop, write_shop
 
-__all__ = ["MakeShopConfig", "main", "run"]
+__all__ = ["MakeShopConfig", "build_shop", "main", "run"]
 
 STAGE = "make_shop"
 
@@ -52,18 +52,22 @@ class MakeShopConfig:
         return Path(self.run_dir) / STAGE
 
 
+def build_shop(cfg: MakeShopConfig) -> Shop:
+    """The shop in memory: procedural products, or Fashion-MNIST training images."""
+    if cfg.images == "procedural":
+        return make_shop(cfg.shop)
+    folder = Path(cfg.data_dir) if cfg.data_dir else find_fashion_mnist()
+    if folder is None:
+        raise DataError("Fashion-MNIST not found: pass --data-dir, the folder of its four "
+                        "idx files", path="../shared/data/fashion-mnist")
+    train = load_idx(folder, "train")
+    return make_shop(cfg.shop, images=train.images.numpy(), labels=train.labels.numpy())
+
+
 def run(cfg: MakeShopConfig) -> dict[str, Any]:
     """Write the shop's files; return their paths and sizes."""
-    given = {}
-    if cfg.images == "fashion-mnist":
-        folder = Path(cfg.data_dir) if cfg.data_dir else find_fashion_mnist()
-        if folder is None:
-            raise DataError("Fashion-MNIST not found: pass --data-dir, the folder of its four "
-                            "idx files", path="../shared/data/fashion-mnist")
-        train = load_idx(folder, "train")
-        given = {"images": train.images.numpy(), "labels": train.labels.numpy()}
+    shop = build_shop(cfg)
     with stage_run(STAGE, cfg, cfg.run_dir) as tracker:
-        shop = make_shop(cfg.shop, **given)
         paths = write_shop(shop, cfg.out_dir)
         sizes = {"num_items": len(shop.catalog), "num_users": len(shop.user_ids),
                  "num_interactions": len(shop.interactions)}
