@@ -154,12 +154,12 @@ def _usage() -> str:
     return (__doc__ or "").split("\n\n")[0].strip() + "\n\nstages: " + ", ".join(STAGES)
 
 
-def main(argv: Sequence[str] | None = None) -> Any:
-    """Run `twotower STAGE ...`; returns what the stage's `main` returns."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run `twotower STAGE ...` (the console script: its exit status is 0 unless it raises)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
-        return None
+        return
     stage, *rest = argv
     if stage not in STAGES:
         raise SystemExit(f"twotower: unknown stage {stage!r}; stages: {', '.join(STAGES)}")
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
         tokens = stage_argv(stage, getattr(module, class_name), config, settings)
     except DataError as err:
         raise SystemExit(f"twotower {stage}: {err}") from None
-    return module.main(tokens + rest)
+    module.main(tokens + rest)
 
 
 if __name__ == "__main__":

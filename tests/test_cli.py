@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +16,9 @@ from pipelines import cli
 from pipelines.config import parse_config
 from pipelines.demo import DemoConfig
 from pipelines.make_shop import MakeShopConfig
+from pipelines.make_shop import run as make_shop
 from twotower.files import DataError
+from twotower.synthetic import ShopConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -108,3 +113,19 @@ def test_a_stage_runs_from_a_config_file(tmp_path, capsys):
     assert made["seed"] == 3
     assert parse_config(MakeShopConfig, cli.stage_argv("make_shop", MakeShopConfig, path)
                         ).shop.num_items == 30
+
+
+@pytest.mark.usefixtures("local_mlflow")
+def test_the_console_script_exits_zero_after_a_stage(tmp_path):
+    """`twotower` is `sys.exit(main())`: a stage that succeeds (`prepare`, whose own main
+    returns its summary) must leave exit status 0."""
+    shop = make_shop(MakeShopConfig(run_dir=str(tmp_path), shop=ShopConfig(
+        num_items=20, num_users=10, num_interactions=200, image_size=8)))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from pipelines.cli import main; sys.exit(main())",
+         "prepare", "--run-dir", str(tmp_path), "--set", f"source={shop['interactions']}",
+         "--set", "data.min_user_interactions=1", "--set", "data.min_item_interactions=1"],
+        capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "prepare" / "manifest.json").is_file()
