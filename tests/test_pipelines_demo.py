@@ -110,3 +110,28 @@ def test_killed_during_training_it_resumes_to_the_same_metrics(finished, tmp_pat
     mlflow.set_tracking_uri(tracking_uri(tmp_path))
     runs = mlflow.search_runs(experiment_names=["twotower"])
     assert set(runs["status"]) >= {"FAILED", "FINISHED"}
+
+
+def test_a_failing_stage_is_marked_failed_and_earlier_outputs_stay(tmp_path, monkeypatch):
+    from pipelines import figures
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("drawing failed")
+
+    drawing = figures.image_neighbours
+    monkeypatch.setattr(figures, "image_neighbours", broken)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        demo.main(["--run-dir", str(tmp_path), *TINY])
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(tracking_uri(tmp_path))
+    runs = mlflow.search_runs(experiment_names=["twotower"])
+    status = dict(zip(runs["tags.mlflow.runName"], runs["status"], strict=False))
+    assert status["figures"] == "FAILED" and status["demo"] == "FAILED"
+    assert status["evaluate_retrieval"] == "FINISHED"
+    for stage in STAGES[:-1]:
+        assert (tmp_path / stage / "done.json").is_file(), stage
+    assert not (tmp_path / "figures" / "done.json").exists()
+    monkeypatch.setattr(figures, "image_neighbours", drawing)
+    again = demo.main(["--run-dir", str(tmp_path), *TINY])
+    assert again["ran"] == ["figures"] and again["skipped"] == STAGES[:-1]
