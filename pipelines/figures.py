@@ -1,6 +1,10 @@
 """Stage `figures`: pictures of what the models learned, for people rather than tables.
 
-    python -m pipelines.figures --run-dir runs/demo --model image
+    python -m pipelines.figures --run-dir runs/demo \
+        --catalog runs/demo/make_shop/catalog.parquet \
+        --embeddings runs/demo/embed_catalog/embeddings.parquet \
+        --index runs/demo/build_index/image \
+        --user-vectors runs/demo/train_two_tower/image/user_vectors_test.parquet
 
 Writes `<run_dir>/figures/`:
 
