@@ -131,22 +131,18 @@ def _split(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
     config, settings, rest = None, [], []
     tokens = iter(argv)
     for token in tokens:
-        if token in ("--config", "--set"):
+        name, inline, value = token.partition("=")
+        if name not in ("--config", "--set"):
+            rest.append(token)
+            continue
+        if not inline:
             value = next(tokens, None)
             if value is None:
-                raise SystemExit(f"twotower: {token} needs a value")
-            if token == "--config":
-                config = value
-            else:
-                settings.append(value)
-        elif token.startswith(("--config=", "--set=")):
-            name, value = token.split("=", 1)
-            if name == "--config":
-                config = value
-            else:
-                settings.append(value)
+                raise SystemExit(f"twotower: {name} needs a value")
+        if name == "--config":
+            config = value
         else:
-            rest.append(token)
+            settings.append(value)
     return config, settings, rest
 
 

@@ -44,7 +44,10 @@ class Stages:
         done = folder / DONE
         wanted = _record(config)
         if done.is_file():
-            saved = json.loads(done.read_text())
+            try:
+                saved = json.loads(done.read_text())
+            except json.JSONDecodeError:  # edited by hand: no record we can trust
+                saved = {}
             if not self.ran and saved.get("config") == wanted:
                 self.skipped.append(label)
                 return saved["summary"]

@@ -129,3 +129,14 @@ def test_the_console_script_exits_zero_after_a_stage(tmp_path):
         capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "prepare" / "manifest.json").is_file()
+
+
+def test_config_and_set_take_the_inline_form_too(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[demo.train]\nepochs = 4\n")
+    spaced, _, rest = cli._split(["--config", str(path), "--set", "shop.seed=2", "--x", "1"])
+    inline, settings, rest2 = cli._split([f"--config={path}", "--set=shop.seed=2", "--x", "1"])
+    assert spaced == inline == str(path) and settings == ["shop.seed=2"]
+    assert rest == rest2 == ["--x", "1"]
+    with pytest.raises(SystemExit, match="--set needs a value"):
+        cli._split(["--set"])

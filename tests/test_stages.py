@@ -76,3 +76,12 @@ def test_an_interrupted_stage_keeps_its_folder_and_runs_again(tmp_path):
 
     assert Stages()("a", folder, Config(), resume) == {"resumed": True}
     assert seen == ["epoch 1"] and (folder / DONE).is_file()
+
+
+def test_an_unreadable_record_counts_as_not_done(tmp_path):
+    calls = []
+    Stages()("a", tmp_path / "a", Config(2), writer(tmp_path / "a", calls))
+    (tmp_path / "a" / DONE).write_text("{not json")
+    summary = Stages()("a", tmp_path / "a", Config(2), writer(tmp_path / "a", calls))
+    assert calls == [2, 2] and summary["size"] == 2
+    assert json.loads((tmp_path / "a" / DONE).read_text())["config"] == {"size": 2}
