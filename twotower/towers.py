@@ -64,7 +64,7 @@ class TowerConfig:
     """Give the item tower an item-id embedding (cold items share the unknown row)."""
     user_id: bool = True
     """Give the user tower a user-id embedding (turn off for holdout_users)."""
-    id_dropout: float = 0.1
+    id_dropout: float = 0.3
     """Training probability of replacing an item or user id by its unknown row."""
     recency_decay: float = 0.8
     """Weight ratio between consecutive history items in the recency-weighted mean."""
