@@ -65,7 +65,7 @@ from twotower.evaluate import (
     load_queries,
 )
 from twotower.index import ItemIndex
-from twotower.synthetic import Shop, ShopConfig
+from twotower.synthetic import Shop, ShopConfig, ShopOracle
 from twotower.towers import TowerConfig
 from twotower.train import TrainConfig, fit, user_vectors_for
 from twotower.vectors import Vectors
@@ -75,34 +75,11 @@ ORACLE_OFF = "oracle P(i|u)/q(i) (logQ-off optimum)"
 MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
 
 
-class ShopOracle:
-    """Ranks by the shop's true P(item | user) over the test window, the best any model can do.
-
-    It is also the exact optimum of each training objective: the logQ-corrected in-batch
-    softmax learns log P(i | u), the uncorrected one log P(i | u) − log q(i), q(i) the item's
-    training frequency (Yi et al. 2019, sec. 3). `divide_by_q` ranks by the latter, with q
-    add-one smoothed so that cold items (q = 0) stay finite.
-    """
-
-    def __init__(self, shop: Shop, prepared: Path, *, divide_by_q: bool = False,
-                 num_times: int = 8) -> None:
-        test = pd.read_parquet(prepared / "test.parquet", columns=["timestamp"])["timestamp"]
-        seconds = test.to_numpy().astype("datetime64[s]").astype(np.int64)
-        self.times = np.linspace(seconds.min(), seconds.max(), num_times).round().astype(np.int64)
-        self.shop, self.divide_by_q = shop, divide_by_q
-        self.n_items = len(shop.catalog)
-
-    def rank(self, queries, k: int) -> np.ndarray:
-        users = pd.Index(self.shop.user_ids).get_indexer(queries.user_id)
-        columns = pd.Index(self.shop.catalog["item_id"]).get_indexer(queries.item_ids)
-        scores = np.mean([self.shop.true_scores(users, time=int(t)) for t in self.times],
-                         axis=0)[:, columns]  # (U, I) in item_index order
-        if self.divide_by_q:
-            scores = scores / (queries.item_counts + 1)
-        for row, seen in enumerate(queries.seen):
-            scores[row, seen] = -np.inf
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return queries.item_ids[top]
+def _test_window(prepared: Path, num_times: int = 8) -> np.ndarray:
+    """(num_times,) epoch seconds evenly spread from the first to the last test event."""
+    test = pd.read_parquet(prepared / "test.parquet", columns=["timestamp"])["timestamp"]
+    seconds = test.to_numpy().astype("datetime64[s]").astype(np.int64)
+    return np.linspace(seconds.min(), seconds.max(), num_times).round().astype(np.int64)
 
 
 def _shop(root: Path, args: argparse.Namespace) -> tuple[Path, Vectors | None,
@@ -188,8 +165,9 @@ def main() -> None:
         scorers = {"popularity": PopularityScorer.from_queries(queries),
                    "EASE": EASEScorer.from_prepared(prepared, l2=args.ease_l2)}
         if shop is not None:
-            scorers[ORACLE] = ShopOracle(shop, prepared)
-            scorers[ORACLE_OFF] = ShopOracle(shop, prepared, divide_by_q=True)
+            times = _test_window(prepared)
+            scorers[ORACLE] = ShopOracle(shop, times)
+            scorers[ORACLE_OFF] = ShopOracle(shop, times, divide_by_q=True)
         variants = {"two-tower id-only": {}}  # name → fit's item inputs
         if images is not None:
             variants["two-tower image h"] = {"embeddings": images}

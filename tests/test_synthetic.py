@@ -17,8 +17,10 @@ import pytest
 from PIL import Image
 from scipy import stats
 
+from twotower.data import PrepareConfig, prepare
+from twotower.evaluate import load_queries
 from twotower.files import DataError
-from twotower.synthetic import ShopConfig, make_shop, render_images, write_shop
+from twotower.synthetic import ShopConfig, ShopOracle, make_shop, render_images, write_shop
 
 SMALL = ShopConfig(num_items=300, num_users=30, num_interactions=20_000, image_size=16, seed=3)
 """Few users, many events: the heaviest users have ~2,000 events each, enough for chi-square."""
@@ -352,3 +354,63 @@ def test_render_images_rejects_out_of_range_indices():
         render_images(np.array([8]), np.array([0]), np.array([0]), rng=rng)
     with pytest.raises(ValueError, match="colour must be"):
         render_images(np.array([0]), np.array([0]), np.array([0, 1]), rng=rng)
+
+
+@pytest.fixture(scope="module")
+def oracle_queries(tmp_path_factory):
+    """A small shop and the test queries of its temporal split, through the real pipeline."""
+    small = make_shop(ShopConfig(num_items=200, num_users=120, num_interactions=6_000,
+                                 image_size=8, seed=5))
+    folder = tmp_path_factory.mktemp("oracle")
+    small.interactions.to_parquet(folder / "log.parquet")
+    prepared = prepare(folder / "log.parquet", folder / "prepared",
+                       PrepareConfig(protocol="temporal", min_user_interactions=3,
+                                     min_item_interactions=1))
+    return small, load_queries(prepared, "test")
+
+
+def naive_oracle_scores(shop, queries, times, divide_by_q: bool) -> np.ndarray:
+    """(U, I) the oracle's scores one user and one time at a time, seen items at -inf."""
+    columns = [int(i[1:]) for i in queries.item_ids]  # "p00042" is catalog row 42
+    scores = np.empty((len(queries), len(columns)))
+    for row, user_id in enumerate(queries.user_id):
+        p = np.mean([shop.true_scores(int(user_id[1:]), time=int(t)) for t in times], axis=0)
+        scores[row] = p[columns] / (queries.item_counts + 1 if divide_by_q else 1)
+        scores[row, queries.seen[row]] = -np.inf
+    return scores
+
+
+@pytest.mark.parametrize("divide_by_q", [False, True])
+def test_shop_oracle_returns_the_top_true_scores_and_never_a_seen_item(oracle_queries,
+                                                                        divide_by_q):
+    shop, queries = oracle_queries
+    times = shop.config.start_time + np.array([60, 80, 89]) * 86_400
+    k = 10
+    ranked = ShopOracle(shop, times, divide_by_q=divide_by_q).rank(queries, k)
+    expected = naive_oracle_scores(shop, queries, times, divide_by_q)
+    row_of = {item: i for i, item in enumerate(queries.item_ids)}
+    for row in range(len(queries)):
+        got = expected[row, [row_of[item] for item in ranked[row]]]
+        np.testing.assert_allclose(got, np.sort(expected[row])[::-1][:k], rtol=1e-12)
+        assert np.isfinite(got).all()  # so none of them is a seen item
+
+
+def test_the_uncorrected_optimum_ranks_less_popular_items(oracle_queries):
+    """P/q is what the softmax without logQ learns: it pushes the popular items down."""
+    shop, queries = oracle_queries
+    times = shop.config.start_time + np.array([70, 85]) * 86_400
+    count_of = dict(zip(queries.item_ids, queries.item_counts, strict=True))
+    mean_count = {}
+    for divide_by_q in (False, True):
+        ranked = ShopOracle(shop, times, divide_by_q=divide_by_q).rank(queries, 20)
+        mean_count[divide_by_q] = np.mean([count_of[item] for item in ranked.ravel()])
+    assert mean_count[True] < 0.5 * mean_count[False]
+
+
+def test_shop_oracle_rejects_other_shops_users_and_empty_times(oracle_queries):
+    shop, queries = oracle_queries
+    with pytest.raises(ValueError, match="at least one"):
+        ShopOracle(shop, [])
+    other = make_shop(ShopConfig(num_items=200, num_users=10, num_interactions=500, seed=1))
+    with pytest.raises(ValueError, match="does not have"):
+        ShopOracle(other, [shop.config.start_time]).rank(queries, 5)
