@@ -56,7 +56,7 @@ from pipelines.make_shop import MakeShopConfig, build_shop
 from simclr_vision.evaluate import knn_accuracy
 from simclr_vision.model import encode_images
 from simclr_vision.pretrain import PretrainConfig, pretrain
-from twotower.data import PrepareConfig, prepare
+from twotower.data import PrepareConfig, prepare, prepared_files
 from twotower.evaluate import (
     EASEScorer,
     PopularityScorer,
@@ -77,7 +77,8 @@ MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest
 
 def _test_window(prepared: Path, num_times: int = 8) -> np.ndarray:
     """(num_times,) epoch seconds evenly spread from the first to the last test event."""
-    test = pd.read_parquet(prepared / "test.parquet", columns=["timestamp"])["timestamp"]
+    path = prepared_files(prepared, "test")["test"]
+    test = pd.read_parquet(path, columns=["timestamp"])["timestamp"]
     seconds = test.to_numpy().astype("datetime64[s]").astype(np.int64)
     return np.linspace(seconds.min(), seconds.max(), num_times).round().astype(np.int64)
 
@@ -256,6 +257,7 @@ def _targets(value, metric: str, k: int, chance: float) -> None:
     cold = value("two-tower id-only, logQ on", "cold", metric, k)
     line(f"id-only (logQ on) cold {metric}@{k} near chance (at most 2x)",
          f"{cold:.4f} vs chance {chance:.4f}", cold <= 2 * chance)
+
 
 if __name__ == "__main__":
     main()
