@@ -1,5 +1,6 @@
 """Ranking metrics against naive twins written from the definitions, hand-worked 2-user numbers
-and the edge cases: empty relevant sets, fewer relevant ids than k, perfect rankings, bad input."""
+and the edge cases: empty relevant sets, fewer relevant ids than k, perfect rankings, bad input;
+the bootstrap interval against a loop over resamples and its analytic cases."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from twotower import metrics
 from twotower.metrics import (
+    bootstrap_interval,
     coverage_at_k,
     hit_rate_at_k,
     mrr_at_k,
     ndcg_at_k,
+    per_query_metrics,
     ranking_metrics,
     recall_at_k,
     recall_capped_at_k,
@@ -164,6 +168,27 @@ def test_ranking_metrics_matches_naive_twins(case, data):
         for name, (_, twin) in PAIRS.items():
             expected = twin(ranked_lists, relevant, k)
             np.testing.assert_allclose(got[f"{name}@{k}"], expected, **TOL, err_msg=f"{name}@{k}")
+
+
+@settings(max_examples=100, deadline=None)
+@given(cases(), st.data())
+def test_per_query_metrics_match_naive_twins_query_by_query(case, data):
+    ranked_lists, retrieved, relevant, _, _ = case
+    ks = data.draw(st.lists(st.integers(1, retrieved.shape[1]), min_size=1, max_size=3))
+    got = per_query_metrics(retrieved, relevant, ks)
+    means = ranking_metrics(retrieved, relevant, ks)
+    assert list(got) == list(means)
+    for q, (ranked, rel) in enumerate(zip(ranked_lists, relevant, strict=True)):
+        for k in ks:
+            for name, (_, twin) in PAIRS.items():
+                value = got[f"{name}@{k}"][q]
+                if not len(rel):  # undefined: NaN, and left out of the mean
+                    assert np.isnan(value)
+                else:
+                    np.testing.assert_allclose(value, twin([ranked], [rel], k), **TOL)
+    for key, values in got.items():
+        assert values.shape == (len(relevant),)
+        np.testing.assert_allclose(np.nanmean(values), means[key], **TOL)
 
 
 @settings(max_examples=60, deadline=None)
@@ -404,3 +429,76 @@ def test_n_items_below_distinct_retrieved():
     # top 2 hold 4 distinct ids; a catalog of 3 would give coverage 4/3
     with pytest.raises(ValueError, match="4 distinct ids but n_items=3"):
         coverage_at_k(RETRIEVED, 2, n_items=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bootstrap intervals.
+
+
+def naive_bootstrap(values, n_boot, level, seed):
+    """Efron & Tibshirani's percentile interval with a loop: resample b draws U row numbers
+    (the documented draws), averages those rows, and the interval is the quantiles of the means."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(n_boot):
+        rows = rng.integers(0, len(values), size=len(values), dtype=np.int32)
+        means.append(np.mean([values[r] for r in rows], axis=0))
+    return np.quantile(means, [(1 - level) / 2, (1 + level) / 2], axis=0)
+
+
+@pytest.mark.parametrize("block", [1, 7, 1 << 21])  # one resample per block, some, all at once
+def test_bootstrap_interval_matches_a_loop_over_resamples(block, monkeypatch):
+    monkeypatch.setattr(metrics, "_BOOT_BLOCK", block)
+    rng = np.random.default_rng(0)
+    values = rng.random((13, 3)) ** 3  # skewed, odd U
+    low, high = bootstrap_interval(values, n_boot=50, level=0.9, seed=4)
+    expected = naive_bootstrap(values, 50, 0.9, 4)
+    np.testing.assert_allclose(low, expected[0], rtol=1e-12)
+    np.testing.assert_allclose(high, expected[1], rtol=1e-12)
+    one = bootstrap_interval(values[:, 1], n_boot=50, level=0.9, seed=4)
+    assert isinstance(one[0], float)
+    np.testing.assert_allclose(one, (low[1], high[1]), rtol=1e-12)  # columns share resamples
+
+
+def test_bootstrap_interval_of_constant_values_has_zero_width():
+    low, high = bootstrap_interval(np.full(40, 0.3), n_boot=200)
+    assert low == pytest.approx(0.3, abs=1e-15) and high == pytest.approx(0.3, abs=1e-15)
+    low, high = bootstrap_interval(np.zeros((5, 2)), n_boot=10)
+    assert (low == 0).all() and (high == 0).all()
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_like_one_over_root_u():
+    rng = np.random.default_rng(1)
+    widths = {}
+    for n_users in (2_000, 8_000):
+        values = rng.exponential(1.0, n_users)  # true mean 1, sd 1
+        low, high = bootstrap_interval(values, n_boot=1000, seed=2)
+        assert low < values.mean() < high and low < 1.0 < high
+        # the normal approximation's 95% width: 2 · 1.96 · sd / √U
+        assert high - low == pytest.approx(2 * 1.96 * values.std() / np.sqrt(n_users), rel=0.1)
+        widths[n_users] = high - low
+    assert widths[2_000] / widths[8_000] == pytest.approx(2.0, rel=0.15)  # √(8000 / 2000)
+
+
+def test_paired_interval_of_a_difference_is_narrower_than_either_mean():
+    rng = np.random.default_rng(3)
+    user = rng.random(500)  # how easy each user is, shared by both rankers
+    a, b = user + 0.05 * rng.random(500), user + 0.05 * rng.random(500) + 0.01
+    (low_a, low_b, low_d), (high_a, high_b, high_d) = bootstrap_interval(
+        np.column_stack([a, b, b - a]), n_boot=500)
+    assert high_d - low_d < 0.2 * min(high_a - low_a, high_b - low_b)
+    assert 0.0 < low_d < 0.01 < high_d  # b is better by 0.01, and the interval says so
+
+
+@pytest.mark.parametrize(("values", "options", "message"), [
+    (np.zeros(0), {}, r"U ≥ 1 users, got shape \(0,\)"),
+    (np.zeros((2, 2, 2)), {}, r"\(U,\) or \(U, M\)"),
+    (np.array([0.5, np.nan]), {}, "must be finite"),
+    (np.ones(3), {"n_boot": 0}, "n_boot must be an int >= 1"),
+    (np.ones(3), {"n_boot": 10.0}, "n_boot must be an int >= 1"),
+    (np.ones(3), {"level": 95}, r"level must lie in \(0, 1\)"),
+])
+def test_bootstrap_interval_rejects_bad_input(values, options, message):
+    with pytest.raises(ValueError, match=message):
+        bootstrap_interval(values, **options)

@@ -24,10 +24,16 @@ If no query has a relevant id the mean is undefined and a ValueError is raised. 
 
 uses no relevance and counts every query.
 
-`ranking_metrics` is what an evaluator calls per slice: it builds the (Q, K) boolean hit matrix
-once, vectorized, and reads every metric at every k off the hit positions. A relevant id that
-never appears in `retrieved` is simply a miss; a row of `retrieved` that holds the same id twice
-is rejected, since it would count one relevant item twice.
+`per_query_metrics` builds the (Q, K) boolean hit matrix once, vectorized, and reads every
+metric at every k off the hit positions, one value per query; `ranking_metrics` is their mean
+over the queries with a relevant id. A relevant id that never appears in `retrieved` is simply a
+miss; a row of `retrieved` that holds the same id twice is rejected, since it would count one
+relevant item twice.
+
+`bootstrap_interval` gives the percentile bootstrap interval (Efron & Tibshirani 1993, "An
+Introduction to the Bootstrap", §13.3) of a mean over users, resampling users with replacement:
+an evaluator passes it the per-query values, or the per-query differences of two rankers on the
+same users for a paired interval.
 """
 
 from __future__ import annotations
@@ -41,10 +47,12 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 __all__ = [
+    "bootstrap_interval",
     "coverage_at_k",
     "hit_rate_at_k",
     "mrr_at_k",
     "ndcg_at_k",
+    "per_query_metrics",
     "ranking_metrics",
     "recall_at_k",
     "recall_capped_at_k",
@@ -139,20 +147,15 @@ def _discounts(n: int) -> np.ndarray:
     return 1.0 / np.log2(np.arange(n, dtype=np.float64) + 2.0)
 
 
-def _metrics_from_hits(
+def _per_query_from_hits(
     hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int]
-) -> dict[str, float]:
-    """Every relevance metric at every k from the hit matrix (Q, K) and counts (Q,).
+) -> dict[str, np.ndarray]:
+    """Every relevance metric at every k, per query, from the hit matrix (Q, K) and counts (Q,).
 
-    Rows with no relevant id are dropped first: they are left out of every mean. The sums run
-    over the hit positions only (at most Σ |rel_q| of them), not over all Q·K cells.
+    Each value is a (Q,) float64 array, NaN for a query with no relevant id. The sums run over
+    the hit positions only (at most Σ |rel_q| of them), not over all Q·K cells.
     """
-    keep = n_relevant > 0
-    if not keep.any():
-        raise ValueError(
-            "no query has a relevant id: every relevant set is empty, so the metrics are "
-            "undefined (queries with an empty relevant set are left out of the mean)"
-        )
+    keep = np.flatnonzero(n_relevant > 0)  # (Q',) the queries that get a value
     hits, n_rel = hits[keep], n_relevant[keep]  # (Q', K), (Q',)
     n_queries, n_cols = hits.shape
     discount = _discounts(n_cols)  # (K,)
@@ -162,30 +165,59 @@ def _metrics_from_hits(
     starts = np.flatnonzero(np.diff(rows, prepend=-1))  # (·,) first entry of each row with hits
     first[rows[starts]] = cols[starts]
 
-    out: dict[str, float] = {}
+    def scatter(values: np.ndarray) -> np.ndarray:  # (Q',) → (Q,), NaN where no relevant id
+        out = np.full(len(n_relevant), np.nan)
+        out[keep] = values
+        return out
+
+    out: dict[str, np.ndarray] = {}
     for k in ks:
         within = cols < k  # (H,)
         hits_k = np.bincount(rows[within], minlength=n_queries)  # (Q',)
         dcg = np.bincount(rows[within], weights=discount[cols[within]], minlength=n_queries)
         capped = np.minimum(n_rel, k)  # (Q',)
-        reciprocal = np.where(first < k, 1.0 / (first + 1.0), 0.0)  # (Q',)
-        out[f"recall@{k}"] = float(np.mean(hits_k / n_rel))
-        out[f"recall_capped@{k}"] = float(np.mean(hits_k / capped))
-        out[f"ndcg@{k}"] = float(np.mean(dcg / ideal[capped - 1]))
-        out[f"hit_rate@{k}"] = float(np.mean(hits_k > 0))
-        out[f"mrr@{k}"] = float(np.mean(reciprocal))
+        out[f"recall@{k}"] = scatter(hits_k / n_rel)
+        out[f"recall_capped@{k}"] = scatter(hits_k / capped)
+        out[f"ndcg@{k}"] = scatter(dcg / ideal[capped - 1])
+        out[f"hit_rate@{k}"] = scatter((hits_k > 0).astype(np.float64))
+        out[f"mrr@{k}"] = scatter(np.where(first < k, 1.0 / (first + 1.0), 0.0))
     return out
 
 
 def _one(name: str, retrieved: ArrayLike, relevant: Relevant, k: int) -> float:
     retrieved = _as_retrieved(retrieved)
     k = _check_k(k, retrieved.shape[1])
-    hits, n_relevant = _encode(retrieved, relevant)
-    return _metrics_from_hits(hits, n_relevant, [k])[f"{name}@{k}"]
+    return ranking_metrics(retrieved, relevant, [k])[f"{name}@{k}"]
 
 
 # ---------------------------------------------------------------------------------------------
 # Public metrics.
+
+
+def per_query_metrics(
+    retrieved: ArrayLike, relevant: Relevant, ks: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """Recall, capped recall, NDCG, hit rate and MRR at every k in `ks`, one value per query.
+
+    Args:
+        retrieved: (Q, K) item ids, best first; integers of any dtype or strings.
+        relevant: Q collections of relevant ids (duplicates count once).
+        ks: cut-offs, each an int in 1..K.
+
+    Returns:
+        {"recall@k", "recall_capped@k", "ndcg@k", "hit_rate@k", "mrr@k"} for every k, in the
+        order of `ks`; each a (Q,) float64 array in the order of the queries, NaN for a query
+        with an empty relevant set (its metrics are undefined, see the module docstring).
+
+    Raises:
+        ValueError: on a malformed input or a bad k.
+    """
+    retrieved = _as_retrieved(retrieved)
+    if len(ks) == 0:
+        raise ValueError("ks is empty; give at least one cut-off k")
+    ks = [_check_k(k, retrieved.shape[1]) for k in ks]
+    hits, n_relevant = _encode(retrieved, relevant)
+    return _per_query_from_hits(hits, n_relevant, ks)
 
 
 def ranking_metrics(
@@ -193,10 +225,8 @@ def ranking_metrics(
 ) -> dict[str, float]:
     """Recall, capped recall, NDCG, hit rate and MRR at every k in `ks`, from one hit matrix.
 
-    Args:
-        retrieved: (Q, K) item ids, best first; integers of any dtype or strings.
-        relevant: Q collections of relevant ids (duplicates count once).
-        ks: cut-offs, each an int in 1..K.
+    The means over queries of `per_query_metrics`, leaving out the queries with an empty
+    relevant set. Arguments as there.
 
     Returns:
         {"recall@k", "recall_capped@k", "ndcg@k", "hit_rate@k", "mrr@k"} for every k, in the
@@ -206,12 +236,14 @@ def ranking_metrics(
     Raises:
         ValueError: on a malformed input, a bad k, or when no query has a relevant id.
     """
-    retrieved = _as_retrieved(retrieved)
-    if len(ks) == 0:
-        raise ValueError("ks is empty; give at least one cut-off k")
-    ks = [_check_k(k, retrieved.shape[1]) for k in ks]
-    hits, n_relevant = _encode(retrieved, relevant)
-    return _metrics_from_hits(hits, n_relevant, ks)
+    per_query = per_query_metrics(retrieved, relevant, ks)
+    keep = ~np.isnan(next(iter(per_query.values())))  # (Q,) the same rows for every metric
+    if not keep.any():
+        raise ValueError(
+            "no query has a relevant id: every relevant set is empty, so the metrics are "
+            "undefined (queries with an empty relevant set are left out of the mean)"
+        )
+    return {name: float(np.mean(values[keep])) for name, values in per_query.items()}
 
 
 def recall_at_k(retrieved: ArrayLike, relevant: Relevant, k: int) -> float:
@@ -278,3 +310,67 @@ def coverage_at_k(retrieved: ArrayLike, k: int, n_items: int) -> float:
             "n_items must be the catalog size"
         )
     return n_distinct / int(n_items)
+
+
+# ---------------------------------------------------------------------------------------------
+# Uncertainty.
+
+_BOOT_BLOCK = 1 << 21
+"""Resampled user slots `bootstrap_interval` holds at once: 2M, some 50 MiB of draws and counts."""
+
+
+def bootstrap_interval(
+    values: ArrayLike, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[Any, Any]:
+    """Percentile bootstrap interval of the mean over rows of `values` (users).
+
+    Efron & Tibshirani 1993, "An Introduction to the Bootstrap", §13.3: draw U rows with
+    replacement `n_boot` times, take each resample's mean θ*_b, and return the (1 − level) / 2
+    and (1 + level) / 2 quantiles of the θ*_b. Resample b's rows are
+    `rng.integers(0, U, U, dtype=np.int32)`, b = 0, 1, …, from one `np.random.default_rng(seed)`,
+    so two calls with the same seed and U resample the same users: intervals of two rankers on
+    the same users are paired, and the interval of their per-user difference is the paired
+    interval of the difference of their means.
+
+    Each resample is a vector of counts c_b (U,) with Σ c = U, so θ*_b = c_b · values / U; the
+    counts are built for a block of resamples at a time (at most ~2M user slots), so memory
+    stays bounded for any U and n_boot.
+
+    Args:
+        values: (U,) or (U, M) finite numbers, one row per user; M means are bootstrapped
+            together, every column with the same resamples.
+        n_boot: resamples, ≥ 1.
+        level: coverage of the interval, in (0, 1).
+        seed: seeds the resampling.
+
+    Returns:
+        (low, high): floats for (U,) values, (M,) float64 arrays for (U, M) values.
+
+    Raises:
+        ValueError: on no rows, a non-finite value, n_boot < 1 or level outside (0, 1).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim not in (1, 2) or values.shape[0] == 0:
+        raise ValueError(f"values must be (U,) or (U, M) with U ≥ 1 users, got shape "
+                         f"{values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError("values must be finite; leave out the users without a value")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, numbers.Integral) or n_boot < 1:
+        raise ValueError(f"n_boot must be an int >= 1, got {n_boot!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), e.g. 0.95, got {level!r}")
+    table = values.reshape(values.shape[0], -1)  # (U, M)
+    n_users = table.shape[0]
+    rng = np.random.default_rng(seed)
+    block = max(1, _BOOT_BLOCK // n_users)  # resamples per block
+    means = np.empty((n_boot, table.shape[1]))  # (B, M) θ*_b
+    for start in range(0, n_boot, block):
+        b = min(block, n_boot - start)
+        rows = rng.integers(0, n_users, size=(b, n_users), dtype=np.int32)  # (b, U) draws
+        slots = (np.arange(b, dtype=np.int64)[:, None] * n_users + rows).ravel()
+        counts = np.bincount(slots, minlength=b * n_users).reshape(b, n_users)  # (b, U)
+        means[start:start + b] = counts @ table / n_users  # (b, M)
+    low, high = np.quantile(means, [(1.0 - level) / 2.0, (1.0 + level) / 2.0], axis=0)  # (M,)
+    if values.ndim == 1:
+        return float(low[0]), float(high[0])
+    return low, high
