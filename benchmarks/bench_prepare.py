@@ -2,9 +2,10 @@
 
 Both turn the same synthetic interaction log into a temporal split with 5-core filtering:
 
-    ours     prepare(source, out, PrepareConfig(protocol="temporal")): polars streaming read,
-             integer codes, numpy steps; it also writes training positions, user histories
-             and valid/test target histories, which the pandas version does not.
+    ours     prepare(source, out, PrepareConfig(protocol="temporal", max_history=50)):
+             polars streaming read, integer codes, numpy steps; it also writes training
+             positions, user histories and valid/test target histories (the last 50
+             interactions, the cap the figures were measured with), which pandas does not.
     pandas   the steps as a pandas user writes them (written here): read_parquet, ids cast to
              str, drop_duplicates, a groupby-size k-core loop, factorize(sort=True)
              vocabularies, the same temporal cut ranks, item counts and log_q, to_parquet.
@@ -46,6 +47,7 @@ sys.path.insert(0, str(ROOT))  # `import twotower` uninstalled
 IMPLS = ("ours", "pandas")
 CHUNK_ROWS = 5_000_000
 K_CORE = 5
+MAX_HISTORY = 50  # valid/test history cap (PrepareConfig's default was 50 when measured)
 VALID_FRACTION = TEST_FRACTION = 0.1
 USERS_PER_ROW = 1 / 40  # N/40 users: 50 interactions each on average
 ITEMS_PER_ROW = 1 / 100
@@ -101,7 +103,7 @@ def run_ours(source: Path, out: Path) -> dict:
 
     config = PrepareConfig(
         protocol="temporal", min_user_interactions=K_CORE, min_item_interactions=K_CORE,
-        valid_fraction=VALID_FRACTION, test_fraction=TEST_FRACTION,
+        valid_fraction=VALID_FRACTION, test_fraction=TEST_FRACTION, max_history=MAX_HISTORY,
     )
     prepare(source, out, config)
     manifest = json.loads((out / "manifest.json").read_text())

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
+import twotower.data as data_module
 from twotower.contrastive import LOG_Q_FLOOR
 from twotower.data import PROTOCOLS, PrepareConfig, prepare
+from twotower.evaluate import load_queries
 from twotower.files import DataError
 
 T0 = 1_700_000_000  # seconds since the epoch
@@ -124,6 +127,7 @@ def naive_prepare(log: pl.DataFrame, config: PrepareConfig) -> dict:
                     part[u, p] = "fold_in" if p < fold_in else held[u]
                     history_end[u, p] = fold_in
 
+    cap = None if config.protocol == "holdout_users" else config.max_history  # fold-in: whole
     out: dict = {"train": [], "valid": [], "test": [], "user_ids": user_ids,
                  "item_ids": item_ids, "history": {u: [] for u in range(len(user_ids))}}
     for u, events in sorted(seq.items()):
@@ -134,7 +138,7 @@ def naive_prepare(log: pl.DataFrame, config: PrepareConfig) -> dict:
                 out["history"][u].append(i)
             elif name in ("valid", "test"):
                 end = history_end[u, p]
-                window = [j for _, j in events[max(0, end - config.max_history):end]]
+                window = [j for _, j in events[0 if cap is None else max(0, end - cap):end]]
                 out[name].append((u, i, t, [j for j in window if j != i]))
     out["count"] = Counter(i for _, i, _, _ in out["train"])
     return out
@@ -150,7 +154,7 @@ def as_tuples(frame: pl.DataFrame, last: str) -> list[tuple]:
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-@pytest.mark.parametrize("max_history", [50, 3])
+@pytest.mark.parametrize("max_history", [None, 3])
 def test_matches_naive_twin(tmp_path, protocol, max_history):
     log = random_log(seed=1)
     log.write_parquet(tmp_path / "log.parquet")
@@ -250,6 +254,48 @@ def test_holdout_users_are_disjoint_and_folded_in(tmp_path):
     held = out["users"].filter(pl.col("user_index").is_in(sorted(valid | test)))
     assert held["history"].list.len().max() == 0  # no training sequence for held-out users
     assert info["rows"]["fold_in"] > 0
+
+
+def test_holdout_fold_in_is_whole_whatever_max_history(tmp_path):
+    """The evaluator masks, and EASE reads, the history: a cap must not cut the fold-in."""
+    rng = np.random.default_rng(0)
+    users, per_user = 30, 25
+    log = pl.DataFrame({  # distinct items per user, distinct times: fold-in = 20 rows each
+        "user_id": np.repeat([f"u{u}" for u in range(users)], per_user),
+        "item_id": np.concatenate([rng.choice(40, per_user, replace=False)
+                                   for _ in range(users)]),
+        "timestamp": T0 + rng.permutation(users * per_user),
+    })
+    log.write_parquet(tmp_path / "log.parquet")
+    config = PrepareConfig(protocol="holdout_users", max_history=3, min_user_interactions=1,
+                           min_item_interactions=1)
+    folder = prepare(tmp_path / "log.parquet", tmp_path / "out", config)
+    out = read(folder)
+    ids = dict(out["items"].select("item_id", "item_index").iter_rows())
+    names = dict(out["users"].select("user_index", "user_id").iter_rows())
+    for split in ("valid", "test"):
+        targets = out[split]
+        queries = load_queries(folder, split)
+        seen = dict(zip(queries.user_index.tolist(), queries.seen, strict=True))
+        for (u,), rows in targets.group_by(["user_index"]):
+            user_log = log.filter(pl.col("user_id") == names[u]).sort("timestamp")
+            answers = set(rows["item_index"])
+            fold_in = [ids[str(i)] for i in user_log["item_id"] if ids[str(i)] not in answers]
+            assert len(fold_in) == round(0.8 * per_user) > config.max_history
+            for history in rows["history"]:
+                assert history.to_list() == fold_in  # whole and in time order
+            assert set(fold_in) <= set(seen[u].tolist())
+
+
+def test_long_histories_are_written_in_bounded_blocks(tmp_path, monkeypatch):
+    random_log(seed=2).write_parquet(tmp_path / "log.parquet")
+    config = PrepareConfig(protocol="temporal", **SMALL)
+    reference = prepare(tmp_path / "log.parquet", tmp_path / "one", config)
+    monkeypatch.setattr(data_module, "_BLOCK_TARGETS", 5)
+    monkeypatch.setattr(data_module, "_BLOCK_HISTORY", 7)  # below one user's history: 1 row
+    blocks = prepare(tmp_path / "log.parquet", tmp_path / "blocks", config)
+    assert_same_output(reference, blocks)
+    assert pq.ParquetFile(blocks / "test.parquet").num_row_groups > 10
 
 
 def test_train_position_indexes_the_user_history(tmp_path):

@@ -25,9 +25,10 @@ Output folder:
                     the user's time-ordered training sequence: its history is
                     users.history[:position])
     valid.parquet,  user_index, item_index, timestamp, weight, history (the target's user
-    test.parquet    history: at most `max_history` most recent interactions strictly before
-                    the target in time, or the fold-in items for holdout_users, with any
-                    interaction with the target item itself removed)
+    test.parquet    history: the interactions strictly before the target in time, the last
+                    `max_history` of them if set, or all the fold-in items for holdout_users,
+                    with any interaction with the target item itself removed; the evaluator
+                    masks it and the baselines read it)
     items.parquet   item_id, item_index, count, log_q, first_seen, cold (no training row)
     users.parquet   user_id, user_index, history (time-ordered training item_index list)
     manifest.json   schema version, protocol, resolved config, row counts per step, sources
@@ -64,7 +65,8 @@ Log = Callable[[Mapping[str, float], int], None]
 _TRAIN, _VALID, _TEST, _FOLD_IN = 0, 1, 2, 3
 _FILE = "__source_file__"  # column polars fills with each row's file, on the error path only
 _BLOCK_ROWS = 1 << 20  # rows per written block (Parquet row group)
-_BLOCK_TARGETS = 1 << 16  # valid/test targets per block: ≤ 2^16 · max_history history entries
+_BLOCK_TARGETS = 1 << 16  # valid/test targets per block
+_BLOCK_HISTORY = 1 << 22  # history entries per block, unless one target alone has more
 _US = 1_000_000  # microseconds per second
 _HIDDEN = (".", "_")  # file name prefixes a folder scan skips (.crc, _SUCCESS, ...)
 
@@ -85,8 +87,12 @@ class PrepareConfig:
     """temporal: share of interactions after the test cut; holdout_users: share of users."""
     fold_in_fraction: float = 0.8
     """holdout_users: share of a held-out user's interactions (earliest first) given as history."""
-    max_history: int = 50
-    """Most recent interactions kept in a valid/test target's history."""
+    max_history: int | None = None
+    """temporal / leave_last_out: most recent interactions kept in a valid/test target's
+    history; None keeps all of them. The evaluator masks exactly this history and the baselines
+    (EASE, ...) read it as the user's input, so a cap makes them see less: it only bounds the
+    size of valid/test.parquet. holdout_users' fold-in is always written whole. The model's
+    own input is capped separately, by `twotower.train.TrainConfig.max_history`."""
     seed: int = 0
     """Seed of the held-out user draw (holdout_users)."""
     events: tuple[str, ...] | None = None
@@ -103,6 +109,8 @@ class PrepareConfig:
             )
         for name in ("min_user_interactions", "min_item_interactions", "max_history"):
             value = getattr(self, name)
+            if name == "max_history" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
         for name in ("valid_fraction", "test_fraction", "fold_in_fraction"):
@@ -170,6 +178,8 @@ def prepare(
     targets = {name: np.flatnonzero(split.part == part)
                for name, part in (("valid", _VALID), ("test", _TEST))}
     counts = _counts(data.item[train], len(item_ids))  # (I,) training rows per item
+    # The fold-in is what the evaluator masks and the baselines read: never cut.
+    max_history = None if split.fold_in_end is not None else config.max_history
     train_starts = _user_starts(data.user[train], len(user_ids))
     rows.update(train=train.size, **{name: t.size for name, t in targets.items()})
     if split.fold_in_end is not None:
@@ -200,7 +210,7 @@ def prepare(
     tables = {  # name → a function making its table(s), called by the thread that writes it
         "train": partial(_train_blocks, data, train, train_starts),
         **{name: partial(_target_blocks, data, rows_, _history_ends(data, split, rows_),
-                         max_history=config.max_history)
+                         max_history=max_history)
            for name, rows_ in targets.items()},
         "items": partial(_item_table, item_ids, counts,
                          _first_seen(data.item, data.time, len(item_ids))),
@@ -804,7 +814,8 @@ def _history_ends(data: _EncodedLog, split: _Split, targets: np.ndarray) -> np.n
 
 
 # ---------------------------------------------------------------------------------------------
-# Tables and writers. Row tables go out in blocks so memory stays O(block · max_history).
+# Tables and writers. Row tables go out in blocks, so memory stays O(block) however long the
+# histories are.
 
 
 def _write(path: Path, make: Callable[[], pa.Table | Iterable[pa.Table]]) -> None:
@@ -842,28 +853,39 @@ def _train_blocks(data: _EncodedLog, rows: np.ndarray, starts: np.ndarray) -> It
 
 
 def _target_blocks(
-    data: _EncodedLog, rows: np.ndarray, ends: np.ndarray, *, max_history: int
+    data: _EncodedLog, rows: np.ndarray, ends: np.ndarray, *, max_history: int | None
 ) -> Iterator[pa.Table]:
-    """Valid/test targets with their `history` list column."""
+    """Valid/test targets with their `history` list column: the user's rows before `ends`,
+    the last `max_history` of them (None: all).
+
+    A block holds at most _BLOCK_TARGETS targets and _BLOCK_HISTORY history entries (or one
+    target), so uncapped histories of heavy users never build one huge block.
+    """
     starts = _user_starts(data.user, int(data.user.max()) + 1)
-    for first in range(0, rows.shape[0], _BLOCK_TARGETS):
-        block = rows[first:first + _BLOCK_TARGETS]
-        history = _histories(
-            data.item, starts[data.user[block]], ends[first:first + _BLOCK_TARGETS],
-            data.item[block], max_history=max_history,
-        )
+    begins = starts[data.user[rows]]  # (T,)
+    if max_history is not None:
+        np.maximum(begins, ends - max_history, out=begins)
+    total = np.cumsum(ends - begins)  # (T,) history entries up to and including each target
+    first = 0
+    while first < rows.shape[0]:
+        done = total[first - 1] if first else 0
+        last = min(first + _BLOCK_TARGETS,
+                   max(int(np.searchsorted(total, done + _BLOCK_HISTORY, side="right")),
+                       first + 1))
+        block = rows[first:last]
+        history = _histories(data.item, begins[first:last], ends[first:last], data.item[block])
         yield _rows_table(data, block).append_column("history", history)
+        first = last
 
 
 def _histories(
-    item: np.ndarray, begin: np.ndarray, end: np.ndarray, target: np.ndarray, *, max_history: int
+    item: np.ndarray, first: np.ndarray, end: np.ndarray, target: np.ndarray
 ) -> pa.ListArray:
-    """Target r's history: item[max(begin_r, end_r − max_history) : end_r] without target_r.
+    """Target r's history: item[first_r : end_r] without target_r.
 
-    item: (N,) the sorted log's items; begin, end, target: (T,). An earlier interaction with
+    item: (N,) the sorted log's items; first, end, target: (T,). An earlier interaction with
     the target item itself is removed, so a history never contains its answer.
     """
-    first = np.maximum(begin, end - max_history)
     lengths = end - first  # (T,)
     offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
