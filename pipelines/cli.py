@@ -9,7 +9,10 @@ A config file is TOML. Its top-level keys `run_dir` and `device` go to every sta
 such a field; a table named after a stage (`[prepare]`, `[train_two_tower.train]`) holds that
 stage's own settings, nested as its config dataclass is. `--set train.epochs=5` overrides one
 setting, and any stage option (`--train.epochs 5`, see `twotower STAGE --help`) may follow;
-later ones win. Each stage's config class says what every option does.
+later ones win. Each stage's config class says what every option does. A stage whose config
+nests another stage's (`tune` has a `train_two_tower` config as `base`) fills it from that
+stage's table and the shared keys first, so `twotower tune --config configs/movielens.toml`
+tunes the model that file trains; its own table (`[tune.base.train]`) comes after.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "evaluate_retrieval": ("pipelines.evaluate_retrieval", "EvaluateRetrievalConfig"),
     "figures": ("pipelines.figures", "FiguresConfig"),
     "demo": ("pipelines.demo", "DemoConfig"),
+    "tune": ("pipelines.tune", "TuneConfig"),
 }
 """Stage name → (its module, which has `main(argv)`; its config dataclass)."""
 SHARED = ("run_dir", "device")
@@ -94,6 +98,21 @@ def _flatten(table: dict[str, Any], cls: type, prefix: str = "") -> list[tuple[s
     return pairs
 
 
+def _stage_pairs(document: dict[str, Any], stage: str, cls: type) -> list[tuple[str, Any]]:
+    """The (dotted key, value) settings of a config file for `stage`: shared keys, its table."""
+    fields = _fields(cls)
+    shared = {k: v for k, v in document.items() if k in SHARED and k in fields}
+    return _flatten(shared, cls) + _flatten(document.get(stage, {}), cls)
+
+
+def _stage_of(kind: Any) -> str | None:
+    """The stage whose config class `kind` is, if any."""
+    for stage, (module, name) in STAGES.items():
+        if (getattr(kind, "__module__", None), getattr(kind, "__name__", None)) == (module, name):
+            return stage
+    return None
+
+
 def stage_argv(stage: str, cls: type, config: str | Path | None = None,
                settings: Sequence[str] = ()) -> list[str]:
     """The stage's command-line tokens for a TOML file and `KEY=VALUE` settings."""
@@ -111,10 +130,13 @@ def stage_argv(stage: str, cls: type, config: str | Path | None = None,
             raise DataError(f"top-level key {stray[0]!r} is neither a stage table "
                             f"({', '.join(STAGES)}) nor a shared setting ({', '.join(SHARED)})",
                             path=path, column=stray[0])
-        fields = _fields(cls)
-        shared = {k: v for k, v in document.items() if k in SHARED and k in fields}
-        own = document.get(stage, {})
-        for key, value in _flatten(shared, cls) + _flatten(own, cls):
+        pairs = []  # a nested stage's settings first: the stage's own table overrides them
+        for name, (_, kind) in _fields(cls).items():
+            inner = _stage_of(kind)
+            if inner is not None:
+                pairs += [(f"{name}.{key}", value)
+                          for key, value in _stage_pairs(document, inner, kind)]
+        for key, value in pairs + _stage_pairs(document, stage, cls):
             argv += _option(cls, key, value, str(path))
     for setting in settings:
         key, sep, value = setting.partition("=")
