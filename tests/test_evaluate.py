@@ -1,5 +1,5 @@
 """evaluate(): what is masked and counted, the baselines against naive twins, slices, ANN recall,
-and popularity / EASE on MovieLens."""
+and popularity / EASE / iALS on MovieLens."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from twotower.data import PrepareConfig, prepare
 from twotower.evaluate import (
     EASEScorer,
     EvalQueries,
+    IALSConfig,
+    IALSScorer,
     PopularityScorer,
     VectorScorer,
     evaluate,
@@ -151,6 +153,100 @@ def test_ease_refuses_a_catalog_too_large_for_memory():
                        max_memory_gib=16)
 
 
+def _ials_naive_user(item_factors: np.ndarray, seen: np.ndarray, lam: float,
+                     alpha: float) -> np.ndarray:
+    """Hu et al. 2008, eq. 4 written out: u = (Vᵀ C_u V + λI)⁻¹ Vᵀ C_u p_u, with c_ui = 1 + α
+    for a seen item and 1 otherwise, p_ui = 1 for a seen item and 0 otherwise."""
+    v = item_factors.astype(np.float64)  # (I, f)
+    n_items, factors = v.shape
+    c = np.ones(n_items)
+    p = np.zeros(n_items)
+    for i in seen:
+        c[i] = 1.0 + alpha
+        p[i] = 1.0
+    a = np.zeros((factors, factors))
+    b = np.zeros(factors)
+    for i in range(n_items):
+        a += c[i] * np.outer(v[i], v[i])
+        b += c[i] * p[i] * v[i]
+    return np.linalg.solve(a + lam * np.eye(factors), b)
+
+
+def test_ials_recommends_the_rest_of_the_block_a_user_has_seen():
+    # Block A: 6 users who each saw all of items 0..4; block B: 20 users who each saw items
+    # 5..9, so B's items are the more popular. A query user who saw items 0 and 1 must get A's
+    # other three items first, one who saw 5 and 6 B's other three.
+    users = np.concatenate([np.repeat(np.arange(6), 5), np.repeat(np.arange(6, 26), 5)])
+    items = np.concatenate([np.tile(np.arange(5), 6), np.tile(np.arange(5, 10), 20)])
+    ids = np.array([f"i{j}" for j in range(10)])
+    scorer = IALSScorer.fit(users, items, ids, config=IALSConfig(factors=4, regularization=0.1,
+                                                                  alpha=10.0))
+    queries = EvalQueries(user_index=np.array([0, 1]), user_id=np.array(["a", "b"]),
+                          history=[np.array([0, 1]), np.array([5, 6])],
+                          seen=[np.array([0, 1]), np.array([5, 6])],
+                          relevant=[np.array([2]), np.array([7])], item_ids=ids,
+                          item_counts=np.bincount(items, minlength=10))
+    ranked = scorer.rank(queries, 5)
+    assert set(ranked[0, :3]) == {"i2", "i3", "i4"}
+    assert set(ranked[1, :3]) == {"i7", "i8", "i9"}
+    assert np.array_equal(scorer.popularity, [6] * 5 + [20] * 5)
+
+
+def test_ials_user_vectors_are_the_closed_form_solve_from_the_seen_items():
+    rng = np.random.default_rng(8)
+    queries = _random_queries(rng)
+    users, items = rng.integers(0, 50, 600), rng.integers(0, 60, 600)
+    config = IALSConfig(factors=6, regularization=2.0, alpha=5.0, iterations=5)
+    scorer = IALSScorer.fit(users, items, queries.item_ids, config=config)
+    got = scorer.user_vectors(queries)
+    assert got.shape == (len(queries), 6)
+    v = scorer.model.item_factors
+    for u, seen in enumerate(queries.seen):
+        expected = _ials_naive_user(v, seen, 2.0, 5.0)
+        np.testing.assert_allclose(got[u], expected, rtol=1e-4, atol=1e-4)
+    assert any(s.size == 0 for s in queries.seen)  # a user without history gets u = 0
+
+
+def test_ials_ranks_by_score_then_popularity_and_never_returns_a_seen_item():
+    rng = np.random.default_rng(9)
+    queries = _random_queries(rng)
+    users, items = rng.integers(0, 50, 600), rng.integers(0, 60, 600)
+    scorer = IALSScorer.fit(users, items, queries.item_ids, config=IALSConfig(factors=8))
+    ranked = scorer.rank(queries, 10)
+    scores = scorer.user_vectors(queries) @ scorer.model.item_factors.T
+    for u, row in enumerate(ranked):
+        assert not set(row) & set(queries.item_ids[queries.seen[u]])
+        allowed = np.setdiff1d(np.arange(60), queries.seen[u])
+        best = sorted(allowed, key=lambda i: (-scores[u, i], -scorer.popularity[i], i))[:10]
+        np.testing.assert_array_equal(row, queries.item_ids[best])
+    with pytest.raises(ValueError, match="leaving fewer than k=60 to rank"):
+        scorer.rank(queries, 60)
+
+
+def test_ials_is_deterministic_for_a_seed():
+    rng = np.random.default_rng(10)
+    queries = _random_queries(rng)
+    users, items = rng.integers(0, 50, 600), rng.integers(0, 60, 600)
+    fit = lambda seed: IALSScorer.fit(users, items, queries.item_ids,  # noqa: E731
+                                      config=IALSConfig(factors=8, seed=seed, num_threads=2))
+    first, again, other = fit(0), fit(0), fit(1)
+    np.testing.assert_array_equal(first.model.item_factors, again.model.item_factors)
+    np.testing.assert_array_equal(first.rank(queries, 10), again.rank(queries, 10))
+    assert not np.allclose(first.model.item_factors, other.model.item_factors)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"factors": 0}, "factors must be >= 1"),
+    ({"regularization": 0.0}, "regularization λ must be > 0"),
+    ({"alpha": -1.0}, "alpha must be >= 0"),
+    ({"iterations": 0}, "iterations must be >= 1"),
+    ({"num_threads": -1}, "num_threads must be >= 0"),
+])
+def test_ials_config_refuses_bad_values(options, message):
+    with pytest.raises(ValueError, match=message):
+        IALSConfig(**options)
+
+
 def test_evaluate_equals_metrics_on_each_slice_computed_by_hand():
     rng = np.random.default_rng(3)
     queries = _random_queries(rng)
@@ -231,8 +327,10 @@ def test_movielens_temporal_ease_beats_popularity(tmp_path):
     folder = prepare(RATINGS, tmp_path / "ml", cfg)
     queries = load_queries(folder, "test")
     scorers = {"popularity": PopularityScorer.from_queries(queries),
-               "ease": EASEScorer.from_prepared(folder, l2=500.0)}
+               "ease": EASEScorer.from_prepared(folder, l2=500.0),
+               "ials": IALSScorer.from_prepared(folder)}
     table = evaluate(queries, scorers, ks=(20,))
     recall = table.query("slice == 'all' and metric == 'recall'").set_index("scorer")["value"]
     assert len(queries) > 50
     assert recall["ease"] > recall["popularity"] > 0.0
+    assert recall["ials"] > recall["popularity"]

@@ -15,10 +15,11 @@ A slice restricts the targets, never the ranking: tail recall@50 is the share of
 tail targets found in the same top 50 that overall recall is computed from.
 
 A scorer is anything with `rank(queries, k) -> (U, k) item ids`. Here: `PopularityScorer`
-(training counts), `EASEScorer` (Steck 2019), and `VectorScorer` (user vectors searched in an
-`ItemIndex`), which also serves the image-kNN baseline (`image_knn`) and trained two-tower
-models. A `VectorScorer` given an exact index beside an approximate one also reports the ANN
-index's recall@k against exact search.
+(training counts), `EASEScorer` (Steck 2019), `IALSScorer` (implicit ALS, Hu et al. 2008, through
+the `implicit` library), and `VectorScorer` (user vectors searched in an `ItemIndex`), which also
+serves the image-kNN baseline (`image_knn`) and trained two-tower models. A `VectorScorer` given
+an exact index beside an approximate one also reports the ANN index's recall@k against exact
+search.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from twotower.data import prepared_files
@@ -47,6 +50,8 @@ __all__ = [
     "SLICES",
     "EASEScorer",
     "EvalQueries",
+    "IALSConfig",
+    "IALSScorer",
     "PopularityScorer",
     "Scorer",
     "VectorScorer",
@@ -221,11 +226,7 @@ class EASEScorer:
                 "shrink the catalog (raise min_item_interactions when preparing) or leave EASE "
                 "out of the baselines"
             )
-        users = np.asarray(users, np.int64)
-        x = sp.csr_matrix((np.ones(users.size), (users, np.asarray(items, np.int64))),
-                          shape=(int(users.max(initial=-1)) + 1, n))
-        x.sum_duplicates()
-        x.data[:] = 1.0  # binary: repeated (user, item) pairs count once
+        x = _binary(users, items, n)
         gram = (x.T @ x).toarray()  # (I, I) co-occurrence counts
         gram[np.diag_indices(n)] += l2
         precision = np.linalg.inv(gram)
@@ -241,28 +242,122 @@ class EASEScorer:
         max_memory_gib: float | None = None,
     ) -> EASEScorer:
         """Fit on a prepared folder's training split."""
-        folder = Path(prepared)
-        train = pl.read_parquet(folder / "train.parquet", columns=["user_index", "item_index"])
-        items = pl.read_parquet(folder / "items.parquet", columns=["item_index", "item_id"])
-        item_ids = np.asarray(items.sort("item_index")["item_id"].to_numpy(), dtype=str)
-        return cls.fit(train["user_index"].to_numpy(), train["item_index"].to_numpy(), item_ids,
-                       l2=l2, max_memory_gib=max_memory_gib)
+        return cls.fit(*_training_pairs(prepared), l2=l2, max_memory_gib=max_memory_gib)
 
     def rank(self, queries: EvalQueries, k: int) -> np.ndarray:
-        counts = np.array([s.size for s in queries.seen], np.int64)
-        if (self.n_items - counts < k).any():
-            u = int(np.flatnonzero(self.n_items - counts < k)[0])
-            raise ValueError(f"user {queries.user_id[u]!r} has seen {counts[u]} of "
-                             f"{self.n_items} items, leaving fewer than k={k} to rank")
-        rows = np.repeat(np.arange(len(queries)), counts)
-        seen = np.concatenate(queries.seen) if len(queries) else np.zeros(0, np.int64)
+        rows, seen = _seen_cells(queries, self.n_items, k)
         x = np.zeros((len(queries), self.n_items), np.float32)  # (U, I) binary histories
         x[rows, seen] = 1.0
-        scores = x @ self.weights  # (U, I)
-        scores[rows, seen] = -np.inf
-        popularity = np.broadcast_to(-self.popularity, scores.shape)
-        order = np.lexsort((popularity, -scores), axis=1)[:, :k]  # by score, then popularity
-        return self.item_ids[order]
+        return _top_unseen(x @ self.weights, rows, seen, self.popularity, self.item_ids, k)
+
+
+@dataclass(frozen=True)
+class IALSConfig:
+    """Implicit ALS (Hu, Koren & Volinsky 2008) as `IALSScorer` fits it.
+
+    The defaults are a reasonable start for a catalog of ~10k items (MovieLens' 9.7k): Rendle et
+    al. 2022 ("Revisiting the Performance of iALS on Item Recommendation Benchmarks") show that
+    iALS is only competitive once its regularization and the weight of the unobserved pairs
+    (here 1 against 1 + alpha) are tuned per data set, so a benchmark should tune them; these
+    are not tuned values.
+    """
+
+    factors: int = 64
+    """Dimension of the user and item vectors."""
+    regularization: float = 10.0
+    """λ, the L2 penalty on every user and item vector (Hu et al. 2008, eq. 3)."""
+    alpha: float = 10.0
+    """The extra confidence of an observed pair: c_ui = 1 + alpha for an observed pair and 1 for
+    the others (Hu et al. 2008, eq. 1 and 2 with binary r_ui)."""
+    iterations: int = 15
+    """Alternating passes over the users and the items."""
+    seed: int = 0
+    """Seeds the random initial vectors; one seed gives one model."""
+    num_threads: int = 0
+    """CPU threads implicit solves users and items on; 0 is one per core."""
+
+    def __post_init__(self) -> None:
+        if self.factors < 1:
+            raise ValueError(f"factors must be >= 1, got {self.factors!r}")
+        if not self.regularization > 0:
+            raise ValueError(f"regularization λ must be > 0 (it keeps every user's solve "
+                             f"well-posed), got {self.regularization!r}")
+        if not self.alpha >= 0:
+            raise ValueError(f"alpha must be >= 0 (the confidence 1 + alpha of an observed pair "
+                             f"is at least that of an unobserved one), got {self.alpha!r}")
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations!r}")
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0 (0: one per core), got "
+                             f"{self.num_threads!r}")
+
+
+class IALSScorer:
+    """Implicit ALS (Hu, Koren & Volinsky 2008, "Collaborative Filtering for Implicit Feedback
+    Datasets"), fitted by the `implicit` library on its CPU.
+
+    With p_ui = 1 for an observed (user, item) pair and 0 otherwise, and confidence
+    c_ui = 1 + α p_ui (eq. 1–2), the user vectors U and item vectors V minimize
+        Σ_ui c_ui (p_ui − u_uᵀ v_i)² + λ (Σ_u ‖u_u‖² + Σ_i ‖v_i‖²)        (eq. 3)
+    over the binary user × item training matrix (repeated pairs count once, as in EASE).
+    At `rank` time every query user's vector is solved afresh from their `seen` items with the
+    item vectors fixed (eq. 4, implicit's `recalculate_user`):
+        u = (Vᵀ C_u V + λI)⁻¹ Vᵀ C_u p_u,
+    so training users, held-out users and temporal test users are all scored from what the
+    evaluator masks, exactly what EASE reads. A user's scores are V u; ties are broken by
+    training popularity, so a user with no history gets the most popular items.
+    implicit parallelizes over users itself, so BLAS runs on one thread while it works (its
+    documented advice: OpenBLAS threads on top of its own slow it down severely).
+    """
+
+    def __init__(self, model: AlternatingLeastSquares, item_ids: np.ndarray,
+                 popularity: np.ndarray, config: IALSConfig) -> None:
+        self.model = model  # fitted; model.item_factors is V, (I, factors) float32
+        self.item_ids = item_ids
+        self.popularity = popularity  # (I,) training users per item, the tie-break
+        self.config = config
+        self.n_items = len(item_ids)
+
+    @classmethod
+    def fit(
+        cls, users: np.ndarray, items: np.ndarray, item_ids: np.ndarray, *,
+        config: IALSConfig | None = None,
+    ) -> IALSScorer:
+        """Fit U and V on (user, item) training pairs; items index `item_ids` (I,)."""
+        config = config or IALSConfig()
+        x = _binary(users, items, len(item_ids))
+        with threadpool_limits(1, "blas"):
+            # implicit scales its input by its own `alpha`; it gets the confidences c_ui
+            # themselves and alpha 1. An item without training pairs gets the zero vector.
+            model = AlternatingLeastSquares(
+                factors=config.factors, regularization=config.regularization, alpha=1.0,
+                iterations=config.iterations, random_state=config.seed,
+                num_threads=config.num_threads)
+            model.fit(_confidences(x, config.alpha), show_progress=False)
+        popularity = np.asarray(x.sum(axis=0)).ravel()
+        return cls(model, np.asarray(item_ids), popularity, config)
+
+    @classmethod
+    def from_prepared(
+        cls, prepared: str | os.PathLike[str], *, config: IALSConfig | None = None,
+    ) -> IALSScorer:
+        """Fit on a prepared folder's training split."""
+        return cls.fit(*_training_pairs(prepared), config=config)
+
+    def user_vectors(self, queries: EvalQueries) -> np.ndarray:
+        """(U, factors) float32: each query user solved from their `seen` items (eq. 4)."""
+        return self._fold_in(*_seen_cells(queries, self.n_items, 0), len(queries))
+
+    def rank(self, queries: EvalQueries, k: int) -> np.ndarray:
+        rows, seen = _seen_cells(queries, self.n_items, k)
+        scores = self._fold_in(rows, seen, len(queries)) @ self.model.item_factors.T  # (U, I)
+        return _top_unseen(scores, rows, seen, self.popularity, self.item_ids, k)
+
+    def _fold_in(self, rows: np.ndarray, seen: np.ndarray, n_users: int) -> np.ndarray:
+        history = _confidences(_binary(rows, seen, self.n_items, n_users=n_users),
+                               self.config.alpha)  # (U, I) sparse
+        with threadpool_limits(1, "blas"):
+            return self.model.recalculate_user(np.arange(n_users), history)  # (U, factors)
 
 
 @dataclass
@@ -383,6 +478,59 @@ def _arrays(column: pl.Series) -> list[np.ndarray]:
 
 def _seen_ids(queries: EvalQueries) -> list[np.ndarray]:
     return [queries.item_ids[s] for s in queries.seen]
+
+
+def _training_pairs(
+    prepared: str | os.PathLike[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user_index, item_index) of every training row, and item_ids (I,) in item_index order."""
+    paths = prepared_files(prepared, "train", "items")
+    train = pl.read_parquet(paths["train"], columns=["user_index", "item_index"])
+    items = pl.read_parquet(paths["items"], columns=["item_index", "item_id"])
+    item_ids = np.asarray(items.sort("item_index")["item_id"].to_numpy(), dtype=str)
+    return train["user_index"].to_numpy(), train["item_index"].to_numpy(), item_ids
+
+
+def _binary(users: np.ndarray, items: np.ndarray, n_items: int, *,
+            n_users: int | None = None) -> sp.csr_matrix:
+    """The binary user × item matrix of (user, item) pairs: repeated pairs count once.
+
+    n_users rows (default: the largest user index + 1), float32.
+    """
+    users = np.asarray(users, np.int64)
+    rows = int(users.max(initial=-1)) + 1 if n_users is None else n_users
+    x = sp.csr_matrix((np.ones(users.size, np.float32), (users, np.asarray(items, np.int64))),
+                      shape=(rows, n_items))
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    return x
+
+
+def _confidences(x: sp.csr_matrix, alpha: float) -> sp.csr_matrix:
+    """The observed cells of binary x as iALS confidences c = 1 + α (Hu et al. 2008, eq. 2)."""
+    return sp.csr_matrix(((1.0 + alpha) * x.data.astype(np.float32), x.indices, x.indptr),
+                         shape=x.shape)
+
+
+def _seen_cells(queries: EvalQueries, n_items: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, items) of every query user's seen items, flat; a ValueError when a user has
+    seen so much of the catalog that fewer than k items are left to rank."""
+    counts = np.array([s.size for s in queries.seen], np.int64)
+    if (n_items - counts < k).any():
+        u = int(np.flatnonzero(n_items - counts < k)[0])
+        raise ValueError(f"user {queries.user_id[u]!r} has seen {counts[u]} of "
+                         f"{n_items} items, leaving fewer than k={k} to rank")
+    rows = np.repeat(np.arange(len(queries)), counts)
+    seen = np.concatenate(queries.seen) if len(queries) else np.zeros(0, np.int64)
+    return rows, seen
+
+
+def _top_unseen(scores: np.ndarray, rows: np.ndarray, seen: np.ndarray,
+                popularity: np.ndarray, item_ids: np.ndarray, k: int) -> np.ndarray:
+    """(U, k) item ids by score (U, I), ties by popularity (I,), the seen cells masked."""
+    scores[rows, seen] = -np.inf
+    order = np.lexsort((np.broadcast_to(-popularity, scores.shape), -scores), axis=1)[:, :k]
+    return item_ids[order]
 
 
 def _in_batches(
