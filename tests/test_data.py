@@ -34,7 +34,8 @@ def random_log(seed: int = 0, rows: int = 600, users: int = 40, items: int = 30,
                span: int = 400) -> pl.DataFrame:
     """A skewed log with many timestamp ties and ~5% exact duplicates.
 
-    Skewed users and items leave some below k, so the k-core needs several rounds.
+    Skewed users and items leave some below k, so the k-core needs several rounds. Ratings
+    (0.5 to 5 in halves) are drawn per row, so a duplicate may differ from its row in rating.
     """
     rng = np.random.default_rng(seed)
     user = (users * rng.random(rows) ** 2).astype(int)
@@ -46,6 +47,7 @@ def random_log(seed: int = 0, rows: int = 600, users: int = 40, items: int = 30,
         "item_id": np.concatenate([item, item[copies]]),
         "timestamp": np.concatenate([stamp, stamp[copies]]),
         "extra": "kept but unused",
+        "rating": rng.integers(1, 11, rows + rows // 20) / 2,
     })
 
 
@@ -73,8 +75,9 @@ def naive_prepare(log: pl.DataFrame, config: PrepareConfig) -> dict:
 
     train: (user, item, seconds, position); valid/test: (user, item, seconds, history).
     """
-    rows = {(str(u), str(i), int(t)) for u, i, t in
-            log.select("user_id", "item_id", "timestamp").iter_rows()}  # dedup
+    rows = {(str(u), str(i), int(t)) for u, i, t, r in
+            log.select("user_id", "item_id", "timestamp", "rating").iter_rows()
+            if config.min_rating is None or r >= config.min_rating}  # rating filter, dedup
     while True:  # k-core
         users = Counter(r[0] for r in rows)
         items = Counter(r[1] for r in rows)
@@ -154,11 +157,12 @@ def as_tuples(frame: pl.DataFrame, last: str) -> list[tuple]:
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-@pytest.mark.parametrize("max_history", [None, 3])
-def test_matches_naive_twin(tmp_path, protocol, max_history):
-    log = random_log(seed=1)
+@pytest.mark.parametrize(("max_history", "min_rating"), [(None, None), (3, None), (None, 3.5)])
+def test_matches_naive_twin(tmp_path, protocol, max_history, min_rating):
+    log = random_log(seed=1, rows=900)
     log.write_parquet(tmp_path / "log.parquet")
-    config = PrepareConfig(protocol=protocol, max_history=max_history, **SMALL)
+    config = PrepareConfig(protocol=protocol, max_history=max_history, min_rating=min_rating,
+                           **SMALL)
     out = read(prepare(tmp_path / "log.parquet", tmp_path / "out", config))
     want = naive_prepare(log, config)
 
@@ -225,7 +229,7 @@ def test_temporal_split_respects_the_cut_and_marks_cold_items(tmp_path):
     log = random_log(seed=4)
     # Two items arrive only at the very end: they must be cold but still in the vocabulary.
     late = pl.DataFrame({"user_id": ["u0", "u1", "u2", "u3"] * 2, "item_id": [98] * 4 + [99] * 4,
-                         "timestamp": [T0 + 10_000] * 8, "extra": "x"})
+                         "timestamp": [T0 + 10_000] * 8, "extra": "x", "rating": 4.0})
     pl.concat([log, late]).write_parquet(tmp_path / "log.parquet")
     folder = prepare(tmp_path / "log.parquet", tmp_path / "out", PrepareConfig(**SMALL))
     out, info = read(folder), manifest(folder)
@@ -425,6 +429,26 @@ def test_column_mapping_events_and_weights(tmp_path):
     assert (weights == 6.0).sum() == unique.filter(pl.col("event") == "buy").height
 
 
+def test_min_rating_drops_rows_below_it_before_dedup(tmp_path):
+    log = random_log(seed=12).rename({"rating": "stars"})
+    log.write_parquet(tmp_path / "log.parquet")
+    config = PrepareConfig(protocol="leave_last_out", min_rating=4, columns={"stars": "rating"},
+                           min_user_interactions=1, min_item_interactions=1)
+    folder = prepare(tmp_path / "log.parquet", tmp_path / "out", config)
+    info, out = manifest(folder), read(folder)
+    liked = log.filter(pl.col("stars") >= 4)
+    assert info["rows"]["rating_filter"] == liked.height < log.height
+    assert info["dropped"]["rating_filter"] == log.height - liked.height
+    assert info["rows"]["dedup"] == liked.unique(["user_id", "item_id", "timestamp"]).height
+    kept = pl.concat([out[n].select("user_index", "item_index", pl.col("timestamp").dt.epoch("s"))
+                      for n in ("train", "valid", "test")])
+    kept = (kept.join(out["users"].select("user_index", "user_id"), on="user_index")
+            .join(out["items"].select("item_index", "item_id"), on="item_index")
+            .select("user_id", pl.col("item_id").cast(pl.Int64), "timestamp"))
+    liked_keys = liked.select("user_id", "item_id", "timestamp").unique()
+    assert kept.sort(kept.columns).equals(liked_keys.sort(kept.columns))  # nothing below 4
+
+
 def test_duplicates_need_equal_event_and_weight(tmp_path):
     log = pl.DataFrame({"user_id": ["a"] * 4, "item_id": [1] * 4, "timestamp": [T0] * 4,
                         "event": ["view", "view", "buy", "view"], "weight": [1.0, 1.0, 1.0, 0.5]})
@@ -446,8 +470,8 @@ def test_manifest_counts_every_step_and_log_receives_them(tmp_path):
     assert rows["read"] == 315 and rows["dedup"] < rows["read"]
     assert rows["kcore"] == rows["kcore_rounds"][-1] == rows["train"] + rows["valid"] + rows[
         "test"]
-    assert info["dropped"] == {"dedup": rows["read"] - rows["dedup"], "event_filter": 0,
-                               "kcore": rows["event_filter"] - rows["kcore"]}
+    assert info["dropped"] == {"rating_filter": 0, "dedup": rows["read"] - rows["dedup"],
+                               "event_filter": 0, "kcore": rows["event_filter"] - rows["kcore"]}
     assert info["schema_version"] == 1 and info["protocol"] == "temporal"
     assert info["config"]["min_item_interactions"] == 6
     logged = {k: v for metrics, _ in seen for k, v in metrics.items()}
@@ -493,9 +517,12 @@ def _log(**columns) -> pl.DataFrame:
     (_log(weight=[1.0, -2.0, 1.0]), "weight", "-2.0"),
     (_log(weight=[1.0, float("nan"), 1.0]), "weight", "nan"),
     (_log(event=[1, 2, 3]), "event", "1"),
+    (_log(rating=[4.0, None, 5.0]), "rating", "null, NaN or infinite rating"),
+    (_log(rating=[4.0, float("nan"), 5.0]), "rating", "nan"),
+    (_log(rating=["4.5", "great", "5"]), "rating", "'great'"),
 ])
 def test_bad_values_raise_naming_file_column_and_value(tmp_path, frame, column, value):
-    error = _bad(tmp_path, frame)
+    error = _bad(tmp_path, frame, PrepareConfig(min_rating=4.0) if column == "rating" else None)
     assert "log.parquet" in str(error) and f"column {column!r}" in str(error)
     assert value in str(error)
     assert error.column == column
@@ -508,6 +535,9 @@ def test_missing_column_names_the_file_and_the_mapping(tmp_path):
     assert "renamed from 'visitor'" in str(error)
     error = _bad(tmp_path, _log(), PrepareConfig(events=["buy"]))
     assert error.column == "event"
+    error = _bad(tmp_path, _log(stars=[4, 5, 3]), PrepareConfig(min_rating=4))
+    assert error.column == "rating" and "min_rating=4.0" in str(error)
+    assert "['user_id', 'item_id', 'timestamp', 'stars']" in str(error)
 
 
 def test_bad_value_in_one_of_many_files_names_that_file(tmp_path):
@@ -531,9 +561,11 @@ def test_bad_csv_value_names_the_csv(tmp_path):
      "event filter ['buy'] left no interactions"),
     (PrepareConfig(protocol="leave_last_out", min_user_interactions=1, min_item_interactions=1),
      "leave_last_out split left no training interactions"),
+    (PrepareConfig(min_rating=4.5), "min_rating 4.5 left no interactions; the highest rating "
+     "is 4.0"),
 ])
 def test_empty_results_name_the_filter(tmp_path, config, message):
-    frame = _log(event=["view", "view", "cart"])
+    frame = _log(event=["view", "view", "cart"], rating=[1, 4, 2])
     error = _bad(tmp_path, frame, config)
     assert message in str(error)
 
@@ -559,6 +591,7 @@ def test_missing_source_and_failed_rerun_keep_the_old_folder(tmp_path):
     ({"valid_fraction": 0.6, "test_fraction": 0.5}, "valid_fraction \\+ test_fraction"),
     ({"fold_in_fraction": 1.0}, "fold_in_fraction"),
     ({"event_weights": {"buy": -1.0}}, "event_weights"),
+    ({"min_rating": float("inf")}, "min_rating"),
     ({"columns": {"a": "user_id", "b": "user_id"}}, "two source columns"),
 ])
 def test_config_rejects_bad_values(kwargs, message):
@@ -591,3 +624,15 @@ def test_movielens_small(tmp_path, protocol):
     assert out["items"]["count"].sum() == out["train"].height
     if protocol == "leave_last_out":
         assert out["valid"].height == out["test"].height == info["users"]
+
+
+def test_movielens_small_keeps_ratings_of_four_and_up(tmp_path):
+    """Liang et al. 2018's binarisation; MovieLens's `rating` column needs no renaming."""
+    if not ML_RATINGS.exists():
+        pytest.skip(f"MovieLens ratings {ML_RATINGS} is absent")
+    config = PrepareConfig(protocol="holdout_users", min_rating=4,
+                           columns={"userId": "user_id", "movieId": "item_id"})
+    info = manifest(prepare(ML_RATINGS, tmp_path / "out", config))
+    ratings = pl.read_csv(ML_RATINGS)
+    assert info["rows"]["read"] == ratings.height
+    assert info["rows"]["rating_filter"] == ratings.filter(pl.col("rating") >= 4).height

@@ -1,10 +1,12 @@
 """Interaction logs → a prepared folder: validation, k-core, vocabularies, splits, histories.
 
 `prepare(source, out_dir, config)` turns a raw log (`user_id`, `item_id`, `timestamp`, optional
-`event` and `weight`) into the folder the trainer and the evaluator read (DESIGN.md):
+`event`, `weight` and `rating`) into the folder the trainer and the evaluator read (DESIGN.md):
 
     read + validate   polars' lazy engine, streaming: one pass collects the distinct ids,
                       a second joins them to integer codes, so strings are never held per row
+    rating filter     keep only rows rated ≥ min_rating, inside the second pass: the rating
+                      column is never held, and rows differing only in rating dedup after it
     sort              by (user, time, item): duplicates become neighbours, sequences appear
     dedup             drop exact duplicates (same user, item, timestamp, event and weight)
     event filter      keep only the listed events; event weights multiply the row weight
@@ -95,6 +97,9 @@ class PrepareConfig:
     own input is capped separately, by `twotower.train.TrainConfig.max_history`."""
     seed: int = 0
     """Seed of the held-out user draw (holdout_users)."""
+    min_rating: float | None = None
+    """Keep only rows whose `rating` column is ≥ this (explicit ratings → implicit positives:
+    Liang et al. 2018 keep MovieLens ratings ≥ 4); None keeps every row and ignores `rating`."""
     events: tuple[str, ...] | None = None
     """Keep only rows whose `event` is one of these; None keeps every row."""
     event_weights: dict[str, float] | None = None
@@ -122,6 +127,11 @@ class PrepareConfig:
                 f"valid_fraction + test_fraction must be < 1 to leave a training split, got "
                 f"{self.valid_fraction} + {self.test_fraction}"
             )
+        if self.min_rating is not None:
+            self.min_rating = float(self.min_rating)
+            if not math.isfinite(self.min_rating):
+                raise ValueError(f"min_rating must be a finite number or None, got "
+                                 f"{self.min_rating!r}")
         if self.events is not None:
             if isinstance(self.events, str) or not self.events:
                 raise ValueError(f"events must be a non-empty list of names, got {self.events!r}")
@@ -160,15 +170,16 @@ def prepare(
 
     source: a Parquet file, a folder of Parquet files (hive partitions too), a glob, or a CSV.
     Ids are cast to strings for the vocabularies, so int and string ids share one path.
-    `log(metrics, step)` receives the row count after each step (`rows/read`, `rows/dedup`,
-    `rows/event_filter`, `rows/kcore` at step = round, `rows/train|valid|test`) and the sizes.
+    `log(metrics, step)` receives the row count after each step (`rows/read`,
+    `rows/rating_filter`, `rows/dedup`, `rows/event_filter`, `rows/kcore` at step = round,
+    `rows/train|valid|test`) and the sizes.
     Raises `DataError` naming the file, column and a bad value; on error nothing is written.
     The folder is written to a temporary sibling and renamed into place.
     """
     config = config or PrepareConfig()
     report = log or (lambda metrics, step: None)
-    data, vocab, files = _read(source, config)
-    rows = _filter(data, vocab.events, config, source, report)
+    data, vocab, files, n_read = _read(source, config)
+    rows = _filter(data, n_read, vocab.events, config, source, report)
     data.user, user_codes = _contiguous(data.user)
     data.item, item_codes = _contiguous(data.item)
     user_ids, item_ids = vocab.users[user_codes], vocab.items[item_codes]
@@ -200,7 +211,8 @@ def prepare(
         "files": [os.fspath(f) for f in files],
         "rows": rows,
         "dropped": {
-            "dedup": rows["read"] - rows["dedup"],
+            "rating_filter": rows["read"] - rows["rating_filter"],
+            "dedup": rows["rating_filter"] - rows["dedup"],
             "event_filter": rows["dedup"] - rows["event_filter"],
             "kcore": rows["event_filter"] - rows["kcore"],
         },
@@ -228,16 +240,17 @@ def prepare(
 
 
 def _filter(
-    data: _EncodedLog, events: list[str] | None, config: PrepareConfig,
+    data: _EncodedLog, n_read: int, events: list[str] | None, config: PrepareConfig,
     source: str | os.PathLike[str], report: Log,
 ) -> dict[str, object]:
     """Sort, drop exact duplicates, apply the event filter and the k-core, in place.
 
-    Returns the row count after each step (and after each k-core round), also sent to
-    `report`; raises DataError naming the filter that leaves no rows.
+    n_read: rows in the log; `data` holds those the rating filter kept. Returns the row count
+    after each step (and after each k-core round), also sent to `report`; raises DataError
+    naming the filter that leaves no rows.
     """
-    rows: dict[str, object] = {"read": data.size}
-    report({"rows/read": data.size}, 0)
+    rows: dict[str, object] = {"read": n_read, "rating_filter": data.size}
+    report({"rows/read": n_read, "rows/rating_filter": data.size}, 0)
     _sort_by_user_time(data)
     ties = _tie_runs(data.user, data.time)
     if ties.size:
@@ -286,11 +299,13 @@ class _Vocab:
 
 def _read(
     source: str | os.PathLike[str], config: PrepareConfig
-) -> tuple[_EncodedLog, _Vocab, list[Path]]:
-    """Validate the log and encode it: (integer columns, vocabularies, files read).
+) -> tuple[_EncodedLog, _Vocab, list[Path], int]:
+    """Validate the log and encode the rows the rating filter keeps: (integer columns,
+    vocabularies, files read, rows in the log).
 
-    Two streaming passes: the distinct ids (sorted as strings into vocabularies), then the log
-    joined to their codes, so no string column is ever held per row.
+    Two streaming passes: the row counts and distinct ids (sorted as strings into
+    vocabularies), then the kept rows joined to their codes, so no string column, and no
+    rating, is ever held per row. Ids are validated on every row, other columns on kept rows.
     """
     lf, files = _scan(source, config.columns)
     schema = _checked_schema(lf, source, config)
@@ -298,14 +313,30 @@ def _read(
     def located(predicate: pl.Expr, column: str, message: str) -> DataError:
         return _locate(source, config.columns, predicate, column, message)
 
+    kept = pl.lit(True)  # the rating filter
+    counts = [pl.len().alias("read")]
+    if config.min_rating is not None:
+        kept = pl.col("rating").cast(pl.Float64) >= config.min_rating
+        counts += [_good_number("rating").all().alias("valid"), kept.sum().alias("kept"),
+                   pl.col("rating").cast(pl.Float64).max().alias("highest")]
     keys = [_id_expr(name, schema[name]) for name in ("user_id", "item_id")]
-    queries = [lf.select(pl.len()), *(lf.select(key).unique() for key in keys)]
+    queries = [lf.select(counts), *(lf.select(key).unique() for key in keys)]
     if "event" in schema:
         queries.append(lf.select(pl.col("event").cast(pl.String)).unique())
     distinct = _collect_all(queries, source)
-    n_rows = distinct[0].item()
-    if n_rows == 0:
+    n_read = n_rows = distinct[0]["read"].item()
+    if n_read == 0:
         raise DataError("the log has no rows", path=source)
+    if config.min_rating is not None:
+        if not distinct[0]["valid"].item():
+            raise located(~_good_number("rating"), "rating", "null, NaN or infinite rating")
+        n_rows = distinct[0]["kept"].item()
+        if n_rows == 0:
+            raise DataError(
+                f"min_rating {config.min_rating} left no interactions; the highest rating is "
+                f"{distinct[0]['highest'].item()}",
+                path=source, column="rating",
+            )
     vocab_frames = []
     for name, values in zip(("user_id", "item_id"), distinct[1:3], strict=True):
         if values[name].null_count():
@@ -328,7 +359,7 @@ def _read(
                             .cast(pl.UInt32).fill_null(len(events)))  # null: code len(events)
         dtypes["event"] = np.uint32
     encoded = (
-        lf.select(**columns)
+        lf.filter(kept).select(**columns)
         .join(users.lazy().select(user_id="key", user=pl.col("code").cast(pl.UInt32)),
               on="user_id")
         .join(items.lazy().select(item_id="key", item=pl.col("code").cast(pl.UInt32)),
@@ -342,9 +373,10 @@ def _read(
         for batch in encoded.collect_batches(maintain_order=False, engine="streaming"):
             if batch["time"].null_count():
                 bad = pl.col("timestamp").is_null() | _time_expr(schema["timestamp"]).is_null()
-                raise located(bad, "timestamp", "null or unparseable timestamp")
-            if "weight" in dtypes and not batch.select(_good_weight()).to_series().all():
-                raise located(~_good_weight(), "weight",
+                raise located(kept & bad, "timestamp", "null or unparseable timestamp")
+            if "weight" in dtypes and not batch.select(_good_number("weight", minimum=0.0)) \
+                    .to_series().all():
+                raise located(kept & ~_good_number("weight", minimum=0.0), "weight",
                               "null, non-finite or negative weight")
             for name, column in arrays.items():
                 column[filled:filled + batch.height] = batch[name].to_numpy()
@@ -352,13 +384,16 @@ def _read(
     except pl.exceptions.PolarsError as err:
         raise DataError(f"cannot read: {_first_line(err)}", path=source) from err
     vocab = _Vocab(users["id"].to_numpy(), items["id"].to_numpy(), events)
-    return _EncodedLog(**arrays), vocab, files
+    return _EncodedLog(**arrays), vocab, files, n_read
 
 
-def _good_weight() -> pl.Expr:
-    """True for a finite weight ≥ 0; False for null, NaN, ±inf or negative."""
-    weight = pl.col("weight").cast(pl.Float64)
-    return (weight.is_finite() & (weight >= 0)).fill_null(False)
+def _good_number(name: str, *, minimum: float | None = None) -> pl.Expr:
+    """True for a finite value (≥ minimum if given); False for null, NaN, ±inf (or below)."""
+    value = pl.col(name).cast(pl.Float64)
+    good = value.is_finite()
+    if minimum is not None:
+        good &= value >= minimum
+    return good.fill_null(False)
 
 
 def _scan(
@@ -408,14 +443,18 @@ def _checked_schema(
     except pl.exceptions.PolarsError as err:
         raise DataError(f"cannot read: {_first_line(err)}", path=source) from err
     renamed = {v: k for k, v in (config.columns or {}).items()}
-    needed = list(REQUIRED)
+    needed = dict.fromkeys(REQUIRED, "")  # column → why this config needs it
     if config.events is not None or config.event_weights is not None:
-        needed.append("event")
-    for name in needed:
+        needed["event"] = "events and event_weights read it"
+    if config.min_rating is not None:
+        needed["rating"] = f"min_rating={config.min_rating} reads it"
+    for name, why in needed.items():
         if name not in schema:
             origin = f" (renamed from {renamed[name]!r})" if name in renamed else ""
             raise DataError(
-                f"missing column{origin}; the file has {list(schema)}", path=source, column=name
+                f"missing column{origin}{'; ' + why if why else ''}; the file has "
+                f"{list(schema)}",
+                path=source, column=name,
             )
     checks = {
         "user_id": (_is_id, "an integer or string id"),
@@ -423,13 +462,17 @@ def _checked_schema(
         "timestamp": (_is_time, "a timestamp, a date, int seconds or a parseable string"),
         "event": (_is_text, "a string"),
         "weight": (lambda d: d.is_numeric(), "a number"),
+        "rating": (lambda d: d.is_numeric(), "a number"),
     }
+    if config.min_rating is None:
+        del checks["rating"]  # an unused column is not read
     for name, (ok, expected) in checks.items():
         if name in schema and not ok(schema[name]):
-            raise _locate(
-                source, config.columns, pl.col(name).is_not_null(), name,
-                f"must be {expected}, got {schema[name]}",
-            )
+            offending = pl.col(name).is_not_null()
+            if schema[name] == pl.String:  # only weight and rating refuse strings: name one
+                offending &= pl.col(name).cast(pl.Float64, strict=False).is_null()
+            raise _locate(source, config.columns, offending, name,
+                          f"must be {expected}, got {schema[name]}")
     return schema
 
 
