@@ -23,7 +23,7 @@ from twotower.evaluate import (
     load_queries,
 )
 from twotower.index import ItemIndex
-from twotower.metrics import ranking_metrics
+from twotower.metrics import bootstrap_interval, per_query_metrics, ranking_metrics
 from twotower.vectors import Vectors
 
 RATINGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / \
@@ -267,6 +267,60 @@ def test_evaluate_equals_metrics_on_each_slice_computed_by_hand():
     assert coverage[10] == pytest.approx(len(np.unique(ranked)) / 60)
 
 
+def test_intervals_are_the_bootstrap_of_each_slices_users_and_differences_are_paired():
+    rng = np.random.default_rng(11)
+    queries = _random_queries(rng, n_users=80)
+    users, items = rng.integers(0, 50, 600), rng.integers(0, 60, 600)
+    scorers = {"pop": PopularityScorer.from_queries(queries),
+               "ease": EASEScorer.fit(users, items, queries.item_ids, l2=10.0)}
+    table = evaluate(queries, scorers, ks=(5, 10), n_boot=200, seed=3, reference="ease")
+    assert list(table.columns) == ["scorer", "slice", "metric", "k", "value", "low", "high",
+                                   "users", "diff", "diff_low", "diff_high"]
+    per_user = {}
+    for name, scorer in scorers.items():
+        ranked = scorer.rank(queries, 10)
+        for slice_name, items in item_slices(queries).items():
+            relevant = [queries.item_ids[np.intersect1d(r, items)] for r in queries.relevant]
+            rows = [u for u, r in enumerate(relevant) if r.size]
+            if rows:
+                values = per_query_metrics(ranked, relevant, [5, 10])
+                per_user[name, slice_name] = {key: v[rows] for key, v in values.items()}
+    for row in table[table["metric"] != "coverage"].itertuples():
+        mine = per_user[row.scorer, row.slice][f"{row.metric}@{row.k}"]
+        theirs = per_user["ease", row.slice][f"{row.metric}@{row.k}"]
+        assert (row.low, row.high) == pytest.approx(bootstrap_interval(mine, n_boot=200, seed=3))
+        assert row.diff == pytest.approx(mine.mean() - theirs.mean())
+        assert (row.diff_low, row.diff_high) == pytest.approx(
+            bootstrap_interval(mine - theirs, n_boot=200, seed=3))
+        assert row.users == mine.size
+    ease = table[table["scorer"] == "ease"]
+    assert (ease["diff"] == 0).all() and (ease[["diff_low", "diff_high"]].dropna() == 0).all().all()
+    coverage = table[table["metric"] == "coverage"]
+    assert coverage[["low", "high", "diff_low", "diff_high"]].isna().all().all()
+    pop = coverage.set_index(["scorer", "k"])["value"]
+    assert coverage.set_index(["scorer", "k"])["diff"]["pop", 10] == pytest.approx(
+        pop["pop", 10] - pop["ease", 10])
+    # Every scorer gets the same resamples: alone, a scorer's intervals are what they were.
+    alone = evaluate(queries, {"pop": scorers["pop"]}, ks=(5, 10), n_boot=200, seed=3)
+    assert list(alone.columns) == ["scorer", "slice", "metric", "k", "value", "low", "high",
+                                   "users"]
+    pd.testing.assert_frame_equal(alone, table[alone.columns][table["scorer"] == "pop"]
+                                  .reset_index(drop=True))
+
+
+def test_evaluate_without_bootstrap_and_its_errors():
+    queries = _random_queries(np.random.default_rng(12))
+    scorer = PopularityScorer.from_queries(queries)
+    table = evaluate(queries, {"pop": scorer, "same": scorer}, ks=(5,), n_boot=0,
+                     reference="pop")
+    assert table[["low", "high", "diff_low", "diff_high"]].isna().all().all()
+    assert (table["diff"] == 0).all()  # "same" ranks exactly as the reference
+    with pytest.raises(ValueError, match=r"reference 'ease' is not one of the scorers \['pop'\]"):
+        evaluate(queries, {"pop": scorer}, ks=(5,), reference="ease")
+    with pytest.raises(ValueError, match="n_boot must be an int >= 0"):
+        evaluate(queries, {"pop": scorer}, ks=(5,), n_boot=-1)
+
+
 def test_an_oracle_scorer_scores_one_and_ann_recall_of_flat_is_one():
     rng = np.random.default_rng(4)
     queries = _random_queries(rng, n_items=80)
@@ -282,9 +336,12 @@ def test_an_oracle_scorer_scores_one_and_ann_recall_of_flat_is_one():
     index = ItemIndex.build(items, queries.item_ids, "flat")
     scorer = VectorScorer(index=index, user_vectors=oracle, exact=index)
     table = evaluate(queries, {"oracle": scorer}, ks=(10,))
-    capped = table.query("metric == 'recall_capped' and slice == 'all'")["value"].item()
-    assert capped == pytest.approx(1.0)
-    assert table.query("metric == 'ann_recall'")["value"].item() == pytest.approx(1.0)
+    capped = table.query("metric == 'recall_capped' and slice == 'all'")
+    assert capped["value"].item() == pytest.approx(1.0)
+    assert (capped["low"].item(), capped["high"].item()) == pytest.approx((1.0, 1.0))
+    ann = table.query("metric == 'ann_recall'")
+    assert (ann["value"].item(), ann["low"].item(), ann["high"].item()) == pytest.approx(
+        (1.0, 1.0, 1.0))
 
 
 def test_image_knn_user_is_the_mean_of_history_embeddings():
@@ -316,8 +373,10 @@ def test_ann_recall_against_exact_search_is_reported_for_an_approximate_index():
     ann = table.query("metric == 'ann_recall'").set_index("k")["value"]
     found = scorer.rank(queries, 20)
     truth = scorer.rank_exact(queries, 20)
-    expected = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(found, truth, strict=True)])
-    assert ann[20] == pytest.approx(expected)
+    overlap = np.array([len(set(a) & set(b)) / 20 for a, b in zip(found, truth, strict=True)])
+    assert ann[20] == pytest.approx(overlap.mean())
+    interval = table.query("metric == 'ann_recall' and k == 20")[["low", "high"]]
+    assert tuple(interval.iloc[0]) == pytest.approx(bootstrap_interval(overlap))
     assert 0.0 < ann[20] < 1.0  # nprobe=2 of 40 lists misses some, but not all
 
 
