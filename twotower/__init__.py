@@ -8,7 +8,15 @@ retrieval index, the ranking metrics and the offline evaluation with its baselin
 from twotower.contrastive import info_nce, nt_xent
 from twotower.data import PrepareConfig, prepare
 from twotower.distributed import gather_with_grad, rank, world_size
-from twotower.evaluate import EASEScorer, PopularityScorer, evaluate, image_knn, load_queries
+from twotower.evaluate import (
+    EASEScorer,
+    IALSConfig,
+    IALSScorer,
+    PopularityScorer,
+    evaluate,
+    image_knn,
+    load_queries,
+)
 from twotower.files import DataError, atomic_path
 from twotower.frequency import StreamingFrequencyEstimator, log_q_from_counts
 from twotower.heads import ProjectionHead
@@ -20,6 +28,8 @@ from twotower.train import TrainConfig, export_vectors, fit
 __all__ = [
     "DataError",
     "EASEScorer",
+    "IALSConfig",
+    "IALSScorer",
     "ItemIndex",
     "PopularityScorer",
     "PrepareConfig",
