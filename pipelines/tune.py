@@ -353,21 +353,22 @@ def _hide_password(url: str) -> str:
 # -------------------------------------------------------------------- outputs
 def _write_outputs(cfg: TuneConfig, study: optuna.Study, base: TrainTwoTowerConfig
                    ) -> dict[str, Path]:
-    """trials.csv, history.png, and (given complete trials) best.toml and importances.png."""
+    """trials.csv; given complete trials best.toml, history.png and importances.png."""
     out = cfg.out_dir
-    files = {"trials": out / "trials.csv", "history": out / "history.png"}
+    files = {"trials": out / "trials.csv"}
     with atomic_path(files["trials"]) as tmp:
         study.trials_dataframe().to_csv(tmp, index=False)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if complete:
-        files["best"] = out / "best.toml"
-        with atomic_path(files["best"]) as tmp:
-            tmp.write_text(_best_toml(cfg, study, base))
-    plots = [("history", optuna.visualization.matplotlib.plot_optimization_history)]
-    if len(complete) >= 2:
-        files["importances"] = out / "importances.png"
-        plots.append(("importances", optuna.visualization.matplotlib.plot_param_importances))
-    for name, plot in plots:
+    if not complete:
+        return files
+    files["best"] = out / "best.toml"
+    with atomic_path(files["best"]) as tmp:
+        tmp.write_text(_best_toml(cfg, study, base))
+    plots = {"history": optuna.visualization.matplotlib.plot_optimization_history}
+    if len(complete) >= 2:  # importances compare trials
+        plots["importances"] = optuna.visualization.matplotlib.plot_param_importances
+    for name, plot in plots.items():
+        files[name] = out / f"{name}.png"
         # Optuna's matplotlib plots are "experimental", draw with pyplot and set the ggplot
         # style globally: keep the style and the figure to this block.
         with warnings.catch_warnings(), matplotlib.rc_context():
