@@ -7,6 +7,7 @@ split protocols and the history rule, one target at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -22,6 +23,9 @@ from twotower.contrastive import LOG_Q_FLOOR
 from twotower.data import PROTOCOLS, PrepareConfig, prepare
 from twotower.evaluate import load_queries
 from twotower.files import DataError
+from twotower.inputs import load_training
+from twotower.towers import TowerConfig
+from twotower.train import TrainConfig, fit
 
 T0 = 1_700_000_000  # seconds since the epoch
 ML_RATINGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / (
@@ -74,9 +78,14 @@ def naive_prepare(log: pl.DataFrame, config: PrepareConfig) -> dict:
     """The protocol with plain Python: returns rows per split as tuples and the vocabularies.
 
     train: (user, item, seconds, position); valid/test: (user, item, seconds, history).
+    Without a timestamp column every row gets time 0 (a repeated user-item pair is a
+    duplicate), each user's rows take the order of a seeded permutation of the kept rows
+    sorted by (user, item), and the seconds come out None.
     """
+    timed = "timestamp" in log.columns
+    stamps = log["timestamp"] if timed else [0] * log.height
     rows = {(str(u), str(i), int(t)) for u, i, t, r in
-            log.select("user_id", "item_id", "timestamp", "rating").iter_rows()
+            zip(log["user_id"], log["item_id"], stamps, log["rating"], strict=True)
             if config.min_rating is None or r >= config.min_rating}  # rating filter, dedup
     while True:  # k-core
         users = Counter(r[0] for r in rows)
@@ -90,6 +99,11 @@ def naive_prepare(log: pl.DataFrame, config: PrepareConfig) -> dict:
     item_ids = sorted({r[1] for r in rows})
     uidx = {u: n for n, u in enumerate(user_ids)}
     iidx = {i: n for n, i in enumerate(item_ids)}
+    if not timed:  # a random rank per row stands in for the time
+        canonical = sorted((uidx[u], iidx[i]) for u, i, _ in rows)
+        rank = np.random.default_rng((config.seed, 1)).permutation(len(canonical))
+        rows = {(user_ids[u], item_ids[i], int(r))
+                for (u, i), r in zip(canonical, rank, strict=True)}
     seq: dict[int, list[tuple[int, int]]] = {}  # user → [(seconds, item)] in time, item order
     for u, i, t in rows:
         seq.setdefault(uidx[u], []).append((t, iidx[i]))
@@ -136,13 +150,14 @@ def naive_prepare(log: pl.DataFrame, config: PrepareConfig) -> dict:
     for u, events in sorted(seq.items()):
         for p, (t, i) in enumerate(events):
             name = part[u, p]
+            seconds = t if timed else None
             if name == "train":
-                out["train"].append((u, i, t, len(out["history"][u])))
+                out["train"].append((u, i, seconds, len(out["history"][u])))
                 out["history"][u].append(i)
             elif name in ("valid", "test"):
                 end = history_end[u, p]
                 window = [j for _, j in events[0 if cap is None else max(0, end - cap):end]]
-                out[name].append((u, i, t, [j for j in window if j != i]))
+                out[name].append((u, i, seconds, [j for j in window if j != i]))
     out["count"] = Counter(i for _, i, _, _ in out["train"])
     return out
 
@@ -159,11 +174,17 @@ def as_tuples(frame: pl.DataFrame, last: str) -> list[tuple]:
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize(("max_history", "min_rating"), [(None, None), (3, None), (None, 3.5)])
 def test_matches_naive_twin(tmp_path, protocol, max_history, min_rating):
-    log = random_log(seed=1, rows=900)
-    log.write_parquet(tmp_path / "log.parquet")
     config = PrepareConfig(protocol=protocol, max_history=max_history, min_rating=min_rating,
                            **SMALL)
-    out = read(prepare(tmp_path / "log.parquet", tmp_path / "out", config))
+    folder = assert_matches_naive_twin(random_log(seed=1, rows=900), config, tmp_path)
+    assert manifest(folder)["timestamps"] is True
+
+
+def assert_matches_naive_twin(log: pl.DataFrame, config: PrepareConfig, tmp_path: Path) -> Path:
+    """prepare(log) equals naive_prepare(log) in every table; returns the prepared folder."""
+    log.write_parquet(tmp_path / "log.parquet")
+    folder = prepare(tmp_path / "log.parquet", tmp_path / "out", config)
+    out = read(folder)
     want = naive_prepare(log, config)
 
     assert out["users"]["user_id"].to_list() == want["user_ids"]
@@ -180,6 +201,62 @@ def test_matches_naive_twin(tmp_path, protocol, max_history, min_rating):
     log_q = [math.log(c / total) if c else LOG_Q_FLOOR for c in counts]
     assert out["items"]["log_q"].to_list() == pytest.approx(log_q, rel=1e-12)
     assert out["items"]["cold"].to_list() == [c == 0 for c in counts]
+    return folder
+
+
+@pytest.mark.parametrize("min_rating", [None, 3.5])
+def test_without_timestamps_matches_naive_twin(tmp_path, min_rating):
+    config = PrepareConfig(protocol="holdout_users", min_rating=min_rating, seed=3, **SMALL)
+    log = random_log(seed=1, rows=900).drop("timestamp")
+    folder = assert_matches_naive_twin(log, config, tmp_path)
+    out = read(folder)
+    assert manifest(folder)["timestamps"] is False
+    for name, column in [("train", "timestamp"), ("valid", "timestamp"), ("test", "timestamp"),
+                         ("items", "first_seen")]:
+        assert out[name][column].dtype == pl.Datetime("us")
+        assert out[name][column].null_count() == out[name].height > 0
+
+
+def test_without_timestamps_the_order_is_seeded_and_free_of_file_order(tmp_path):
+    log = random_log(seed=15, rows=900).drop("timestamp")
+    config = PrepareConfig(protocol="holdout_users", fold_in_fraction=0.7, **SMALL)
+    reference = prepare(_write_parts(log, tmp_path / "a", order=[0, 1, 2]), tmp_path / "oa",
+                        config)
+    shuffled = log.sample(fraction=1.0, shuffle=True, seed=4)
+    assert_same_output(reference, prepare(_write_parts(shuffled, tmp_path / "b", order=[2, 0, 1]),
+                                          tmp_path / "ob", config))
+    other_seed = read(prepare(tmp_path / "a", tmp_path / "oc",
+                              dataclasses.replace(config, seed=1)))
+    out = read(reference)
+    assert not out["users"]["history"].equals(other_seed["users"]["history"])
+    histories = [h for h in out["users"]["history"].to_list() if len(h) > 2]
+    assert sum(h != sorted(h) for h in histories) > len(histories) // 2  # not in item order
+    for split in ("valid", "test"):  # fold-in share: round(0.7 · n) of a user's n rows
+        per_user = out[split].group_by("user_index").agg(pl.len(), pl.col("history").first())
+        for n_targets, history in per_user.select("len", "history").iter_rows():
+            n = n_targets + len(set(history))  # deduped: a user's items are distinct
+            assert len(history) == min(max(math.floor(0.7 * n + 0.5), 1), n - 1)
+
+
+def test_a_folder_without_timestamps_feeds_the_evaluator_and_the_trainer(tmp_path):
+    random_log(seed=16, rows=900).drop("timestamp").write_parquet(tmp_path / "log.parquet")
+    folder = prepare(tmp_path / "log.parquet", tmp_path / "out",
+                     PrepareConfig(protocol="holdout_users", **SMALL))
+    out = read(folder)
+    queries = load_queries(folder, "test")
+    assert len(queries) + queries.dropped == out["test"]["user_index"].n_unique()
+    for u, seen, relevant in zip(queries.user_index, queries.seen, queries.relevant,
+                                 strict=True):
+        targets = out["test"].filter(pl.col("user_index") == u)
+        assert set(seen.tolist()) == set(targets["history"][0])  # no training rows: fold-in
+        assert set(relevant.tolist()) == set(targets["item_index"]) - set(seen.tolist())
+    rows = load_training(folder)
+    assert len(rows) == out["train"].height
+    tower = TowerConfig(dim=8, hidden_dim=16, id_dim=8, image_dim=4, attribute_dim=4,
+                        user_id=False)
+    result = fit(folder, TrainConfig(epochs=1, batch_size=64, val_k=5, max_history=5,
+                                     tower=tower), progress=False)
+    assert result.best_epoch == 1 and math.isfinite(result.history[0]["loss"])
 
 
 def test_kcore_is_a_fixed_point(tmp_path):
@@ -529,8 +606,11 @@ def test_bad_values_raise_naming_file_column_and_value(tmp_path, frame, column, 
 
 
 def test_missing_column_names_the_file_and_the_mapping(tmp_path):
-    error = _bad(tmp_path, _log().drop("timestamp"))
-    assert "log.parquet" in str(error) and "'timestamp'" in str(error)
+    for protocol in ("temporal", "leave_last_out"):
+        error = _bad(tmp_path, _log().drop("timestamp"), PrepareConfig(protocol=protocol))
+        assert "log.parquet" in str(error) and error.column == "timestamp"
+        assert f"the {protocol} protocol" in str(error)
+        assert 'protocol="holdout_users"' in str(error)
     error = _bad(tmp_path, _log().drop("user_id"), PrepareConfig(columns={"visitor": "user_id"}))
     assert "renamed from 'visitor'" in str(error)
     error = _bad(tmp_path, _log(), PrepareConfig(events=["buy"]))

@@ -1,6 +1,6 @@
 """Interaction logs → a prepared folder: validation, k-core, vocabularies, splits, histories.
 
-`prepare(source, out_dir, config)` turns a raw log (`user_id`, `item_id`, `timestamp`, optional
+`prepare(source, out_dir, config)` turns a raw log (`user_id`, `item_id`, optional `timestamp`,
 `event`, `weight` and `rating`) into the folder the trainer and the evaluator read (DESIGN.md):
 
     read + validate   polars' lazy engine, streaming: one pass collects the distinct ids,
@@ -11,6 +11,7 @@
     dedup             drop exact duplicates (same user, item, timestamp, event and weight)
     event filter      keep only the listed events; event weights multiply the row weight
     k-core            drop users and items with too few interactions, until a fixed point
+    random order      without timestamps only: each user's rows in a seeded random order
     vocabularies      contiguous user_index / item_index in sorted-id order (deterministic)
     split             temporal | leave_last_out | holdout_users (Liang et al. 2018)
     statistics        item counts and log_q from the training split only
@@ -21,6 +22,12 @@ and string ids take one path, and the same log gives the same indices whatever i
 order. Timestamps are stored as UTC datetimes in microseconds (int input is seconds since the
 epoch; time zones are converted to UTC). Steps on the encoded log are numpy over integer
 columns, which is what keeps 100 million rows in a few GiB.
+
+A log without a `timestamp` column has no time order: only holdout_users applies (temporal and
+leave_last_out raise DataError), rows with the same user, item, event and weight are
+duplicates, each user's rows are put in a random order drawn from `config.seed` (so a history's
+order carries nothing of the item ids), the output `timestamp` and `first_seen` columns are
+null, and the manifest says `"timestamps": false`.
 
 Output folder:
     train.parquet   user_index, item_index, timestamp, weight, position (index of the row in
@@ -61,7 +68,8 @@ __all__ = ["PROTOCOLS", "SCHEMA_VERSION", "PrepareConfig", "prepare", "prepared_
 
 SCHEMA_VERSION = 1
 PROTOCOLS = ("temporal", "leave_last_out", "holdout_users")
-REQUIRED = ("user_id", "item_id", "timestamp")
+REQUIRED = ("user_id", "item_id")
+_ROW_ORDER = 1  # random stream default_rng((seed, _ROW_ORDER)): row order without timestamps
 Log = Callable[[Mapping[str, float], int], None]
 
 _TRAIN, _VALID, _TEST, _FOLD_IN = 0, 1, 2, 3
@@ -180,6 +188,8 @@ def prepare(
     report = log or (lambda metrics, step: None)
     data, vocab, files, n_read = _read(source, config)
     rows = _filter(data, n_read, vocab.events, config, source, report)
+    if not data.timestamps:
+        _random_order(data, config.seed)
     data.user, user_codes = _contiguous(data.user)
     data.item, item_codes = _contiguous(data.item)
     user_ids, item_ids = vocab.users[user_codes], vocab.items[item_codes]
@@ -206,6 +216,7 @@ def prepare(
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "protocol": config.protocol,
+        "timestamps": data.timestamps,
         "config": dataclasses.asdict(config),
         "source": os.fspath(source),
         "files": [os.fspath(f) for f in files],
@@ -225,7 +236,8 @@ def prepare(
                          max_history=max_history)
            for name, rows_ in targets.items()},
         "items": partial(_item_table, item_ids, counts,
-                         _first_seen(data.item, data.time, len(item_ids))),
+                         _first_seen(data.item, data.time, len(item_ids)),
+                         timestamps=data.timestamps),
         "users": partial(_user_table, user_ids, train_starts, data.item, train),
     }
     with atomic_path(out_dir) as tmp:
@@ -348,9 +360,12 @@ def _read(
     users, items = vocab_frames
     events = sorted(distinct[3]["event"].drop_nulls().to_list()) if "event" in schema else None
 
-    columns = {"user_id": keys[0], "item_id": keys[1],
-               "time": _time_expr(schema["timestamp"])}
-    dtypes = {"user": np.uint32, "item": np.uint32, "time": np.int64}
+    columns = {"user_id": keys[0], "item_id": keys[1]}
+    dtypes = {"user": np.uint32, "item": np.uint32}
+    timestamps = "timestamp" in schema
+    if timestamps:
+        columns["time"] = _time_expr(schema["timestamp"])
+        dtypes["time"] = np.int64
     if "weight" in schema:
         columns["weight"] = pl.col("weight").cast(pl.Float64)
         dtypes["weight"] = np.float64
@@ -371,7 +386,7 @@ def _read(
     filled = 0
     try:
         for batch in encoded.collect_batches(maintain_order=False, engine="streaming"):
-            if batch["time"].null_count():
+            if timestamps and batch["time"].null_count():
                 bad = pl.col("timestamp").is_null() | _time_expr(schema["timestamp"]).is_null()
                 raise located(kept & bad, "timestamp", "null or unparseable timestamp")
             if "weight" in dtypes and not batch.select(_good_number("weight", minimum=0.0)) \
@@ -383,8 +398,10 @@ def _read(
             filled += batch.height
     except pl.exceptions.PolarsError as err:
         raise DataError(f"cannot read: {_first_line(err)}", path=source) from err
+    if not timestamps:  # every row ties in time until `_random_order`
+        arrays["time"] = np.zeros(n_rows, dtype=np.int64)
     vocab = _Vocab(users["id"].to_numpy(), items["id"].to_numpy(), events)
-    return _EncodedLog(**arrays), vocab, files, n_read
+    return _EncodedLog(**arrays, timestamps=timestamps), vocab, files, n_read
 
 
 def _good_number(name: str, *, minimum: float | None = None) -> pl.Expr:
@@ -448,6 +465,9 @@ def _checked_schema(
         needed["event"] = "events and event_weights read it"
     if config.min_rating is not None:
         needed["rating"] = f"min_rating={config.min_rating} reads it"
+    if config.protocol != "holdout_users":
+        needed["timestamp"] = (f"the {config.protocol} protocol orders interactions by time; "
+                               f'a log without timestamps needs protocol="holdout_users"')
     for name, why in needed.items():
         if name not in schema:
             origin = f" (renamed from {renamed[name]!r})" if name in renamed else ""
@@ -551,9 +571,10 @@ class _EncodedLog:
 
     user: np.ndarray  # (N,) user code (index once contiguous)
     item: np.ndarray  # (N,) item code
-    time: np.ndarray  # (N,) i64 microseconds since the epoch
+    time: np.ndarray  # (N,) i64 µs since the epoch; without timestamps 0, then a random rank
     weight: np.ndarray | None = None  # (N,) f64; None means 1.0 everywhere
     event: np.ndarray | None = None  # (N,) u32 event code, len(events) for a null event
+    timestamps: bool = True  # False: the log had none and `time` only orders rows
 
     @property
     def size(self) -> int:
@@ -724,6 +745,17 @@ def _contiguous(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     present[codes] = True
     new = (np.cumsum(present) - 1).astype(np.int32)
     return new[codes], np.flatnonzero(present)
+
+
+def _random_order(data: _EncodedLog, seed: int) -> None:
+    """Without timestamps: put each user's rows in a seeded random order, in place.
+
+    Rows arrive sorted by (user, item, event, weight), an order a history would otherwise
+    carry into training; a seeded permutation of that canonical order becomes the time
+    column, so the result depends on the log and the seed only, not on file or row order.
+    """
+    data.time = np.random.default_rng((seed, _ROW_ORDER)).permutation(data.size)
+    _sort_by_user_time(data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -952,7 +984,7 @@ def _rows_table(data: _EncodedLog, rows: np.ndarray) -> pa.Table:
     return pa.table({
         "user_index": pa.array(data.user[rows]),
         "item_index": pa.array(data.item[rows]),
-        "timestamp": _timestamps(data.time[rows]),
+        "timestamp": _timestamps(data.time[rows], known=data.timestamps),
         "weight": pa.array(weight),
     })
 
@@ -964,8 +996,11 @@ def _first_seen(item: np.ndarray, time: np.ndarray, n_items: int) -> np.ndarray:
     return first
 
 
-def _item_table(ids: np.ndarray, counts: np.ndarray, first_seen: np.ndarray) -> pa.Table:
-    """item_id, item_index, count, log_q = log(count / training rows), first_seen, cold.
+def _item_table(
+    ids: np.ndarray, counts: np.ndarray, first_seen: np.ndarray, *, timestamps: bool
+) -> pa.Table:
+    """item_id, item_index, count, log_q = log(count / training rows), first_seen (null
+    without timestamps), cold.
 
     log_q is the log probability that an item is the positive of a uniformly drawn training
     row, the sampling correction of Yi et al. 2019; an item with no training row gets
@@ -978,7 +1013,7 @@ def _item_table(ids: np.ndarray, counts: np.ndarray, first_seen: np.ndarray) -> 
         "item_index": pa.array(np.arange(len(ids), dtype=np.int32)),
         "count": pa.array(counts.astype(np.int64)),
         "log_q": pa.array(log_q),
-        "first_seen": _timestamps(first_seen),
+        "first_seen": _timestamps(first_seen, known=timestamps),
         "cold": pa.array(counts == 0),
     })
 
@@ -1000,7 +1035,10 @@ def _user_table(
     })
 
 
-def _timestamps(micros: np.ndarray) -> pa.Array:
+def _timestamps(micros: np.ndarray, *, known: bool = True) -> pa.Array:
+    """µs since the epoch → timestamp[us]; all null when the log had no timestamps."""
+    if not known:
+        return pa.nulls(micros.shape[0], pa.timestamp("us"))
     return pa.array(micros.astype(np.int64, copy=False).view("datetime64[us]"))
 
 
