@@ -1,7 +1,7 @@
 r"""Stage `evaluate_retrieval`: offline recall@k / NDCG@k of models and baselines on one split.
 
     python -m pipelines.evaluate_retrieval --prepared runs/ml/prepare --run-dir runs/ml \
-        --baselines popularity ease
+        --baselines popularity ease ials
     python -m pipelines.evaluate_retrieval --run-dir runs/demo \
         --models two_tower=runs/demo/build_index/two_tower \
         --user-vectors two_tower=runs/demo/train_two_tower/user_vectors_test.parquet \
@@ -11,10 +11,13 @@ r"""Stage `evaluate_retrieval`: offline recall@k / NDCG@k of models and baseline
 Every user of the split with a target gets a full-catalog ranking with their training items
 masked (`twotower.evaluate`). Scorers: each model (a saved `ItemIndex` plus a user vectors
 Parquet keyed by `user_id`; an approximate index is also measured against exact search over the
-vectors it was built from) and the baselines popularity, EASE (Steck 2019) and image-kNN (needs
-`--embeddings`). It writes `<run_dir>/evaluate_retrieval/` — metrics.csv, report.md,
-recall_at_k.png, ndcg_at_k.png — and logs every value as an MLflow metric
-`scorer/slice/metric_at_k` with those files as artifacts.
+vectors it was built from) and the baselines popularity, EASE (Steck 2019), iALS (Hu et al. 2008,
+through `implicit`; `--ials.factors`, `--ials.regularization`, `--ials.alpha`, ...) and image-kNN
+(needs `--embeddings`). Every value gets a 95% bootstrap interval over users (`--n-boot`);
+`--reference NAME` adds each scorer's difference from that one with its paired interval. It
+writes `<run_dir>/evaluate_retrieval/` — metrics.csv, report.md, recall_at_k.png, ndcg_at_k.png —
+and logs every value as an MLflow metric `scorer/slice/metric_at_k` with those files as
+artifacts.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from twotower.evaluate import (
     KS,
     EASEScorer,
     EvalQueries,
+    IALSConfig,
+    IALSScorer,
     PopularityScorer,
     Scorer,
     VectorScorer,
@@ -48,7 +53,7 @@ from twotower.vectors import read_vectors
 __all__ = ["EvaluateRetrievalConfig", "main", "model_scorer", "run"]
 
 STAGE = "evaluate_retrieval"
-Baseline = Literal["popularity", "ease", "image_knn"]
+Baseline = Literal["popularity", "ease", "ials", "image_knn"]
 
 
 @dataclass
@@ -68,15 +73,21 @@ class EvaluateRetrievalConfig:
     user_vectors: dict[str, str] = field(default_factory=dict)
     """Model name → its user vectors Parquet (user_id, embedding) for the split's users."""
     baselines: tuple[Baseline, ...] = ("popularity", "ease")
-    """Baselines to rank with beside the models: popularity, ease, image_knn."""
+    """Baselines to rank with beside the models: popularity, ease, ials, image_knn."""
     embeddings: str | None = None
     """Image embeddings Parquet (item_id, embedding) for the image_knn baseline."""
     ease_l2: float = 500.0
     """EASE's L2 penalty λ."""
+    ials: IALSConfig = field(default_factory=IALSConfig)
+    """The iALS baseline's factors, regularization, alpha, iterations, seed and threads."""
     head_fraction: float = 0.2
     """Share of the warm items, most popular first, in the `head` slice; the rest is `tail`."""
     device: str = "auto"
     """Where indexes search: auto (a GPU when present), cpu or cuda."""
+    n_boot: int = 1000
+    """Bootstrap resamples of the users behind each value's 95% interval; 0 skips them."""
+    reference: str | None = None
+    """A model or baseline to compare every scorer with (diff and its paired interval)."""
 
     def __post_init__(self) -> None:
         if set(self.models) != set(self.user_vectors):
@@ -92,6 +103,11 @@ class EvaluateRetrievalConfig:
             raise ValueError(f"ks must be positive integers, got {self.ks!r}")
         if not self.models and not self.baselines:
             raise ValueError("nothing to evaluate: give --models or --baselines")
+        if self.n_boot < 0:
+            raise ValueError(f"n_boot must be >= 0 (0 skips the intervals), got {self.n_boot}")
+        if self.reference is not None and self.reference not in (*self.models, *self.baselines):
+            raise ValueError(f"--reference {self.reference!r} is neither a model nor a baseline "
+                             f"being evaluated: {[*self.models, *self.baselines]}")
 
     @property
     def prepared_dir(self) -> Path:
@@ -140,6 +156,8 @@ def _scorers(cfg: EvaluateRetrievalConfig, queries: EvalQueries, device: str) ->
             scorers[name] = PopularityScorer.from_queries(queries)
         elif name == "ease":
             scorers[name] = EASEScorer.from_prepared(cfg.prepared_dir, l2=cfg.ease_l2)
+        elif name == "ials":
+            scorers[name] = IALSScorer.from_prepared(cfg.prepared_dir, config=cfg.ials)
         else:
             scorers[name] = image_knn(read_vectors(cfg.embeddings), device=device)
     return scorers
@@ -152,7 +170,8 @@ def run(cfg: EvaluateRetrievalConfig) -> dict[str, Any]:
     with stage_run(STAGE, cfg, cfg.run_dir) as tracker:
         save_config(cfg, cfg.out_dir / "config.json")
         table = evaluate(queries, _scorers(cfg, queries, device), ks=cfg.ks,
-                         head_fraction=cfg.head_fraction, progress=True)
+                         head_fraction=cfg.head_fraction, progress=True, n_boot=cfg.n_boot,
+                         reference=cfg.reference)
         tracker.log({f"{r.scorer}/{r.slice}/{r.metric}_at_{r.k}": r.value
                      for r in table.itertuples()}, step=0)
         notes = [f"Split `{cfg.split}` of `{cfg.prepared_dir}`: {len(queries):,} users with a "

@@ -3,9 +3,11 @@
 `write_report(table, out_dir)` takes the long table `twotower.evaluate.evaluate` returns (one row
 per scorer, slice, metric and k) and writes, atomically each:
 
-    metrics.csv       the table itself
-    report.md         every metric of every scorer at every k on all targets; then recall@k
-                      per slice (warm / cold items, head / tail by popularity), and ANN recall
+    metrics.csv       the table itself (intervals and differences included)
+    report.md         every metric of every scorer at every k on all targets, each with its 95%
+                      bootstrap interval over users when the table has one (`value (low–high)`);
+                      then recall@k per slice (warm / cold items, head / tail by popularity),
+                      and ANN recall
     recall_at_k.png   recall@k against k, one line per scorer, one panel per slice
     ndcg_at_k.png     the same for NDCG@k
 """
@@ -51,17 +53,37 @@ def headline(table: pd.DataFrame, k: int) -> pd.DataFrame:
     return out
 
 
-def _by_k(table: pd.DataFrame, slice_name: str, metrics: Sequence[str]) -> pd.DataFrame:
-    """One row per (scorer, metric) on one slice, one column per k: `metric@k` values."""
+def _by_k(table: pd.DataFrame, slice_name: str, metrics: Sequence[str],
+          column: str = "value") -> pd.DataFrame:
+    """One row per (scorer, metric) on one slice, one column per k: `metric@k` values (or the
+    table's `column`, e.g. low)."""
     rows = table[(table["slice"] == slice_name) & table["metric"].isin(metrics)]
     scorers = list(pd.unique(rows["scorer"]))  # in the order they were evaluated
-    wide = rows.pivot_table(index=["scorer", "metric"], columns="k", values="value")
-    order = [(s, m) for s in scorers for m in metrics if (s, m) in wide.index]
-    wide = wide.reindex(order)
+    wide = rows.pivot_table(index=["scorer", "metric"], columns="k", values=column)
+    present = set(zip(rows["scorer"], rows["metric"], strict=True))
+    order = [(s, m) for s in scorers for m in metrics if (s, m) in present]
+    wide = wide.reindex(index=order, columns=sorted(pd.unique(rows["k"])))
     wide.index = [f"{s} / {m}" if len(metrics) > 1 else s for s, m in wide.index]
     wide.index.name = "scorer / metric" if len(metrics) > 1 else "scorer"
     wide.columns = [f"@{k}" for k in wide.columns]
     return wide
+
+
+def _with_intervals(table: pd.DataFrame, slice_name: str, metrics: Sequence[str],
+                    digits: int = 4) -> pd.DataFrame:
+    """`_by_k` with each value written `value (low–high)` where the table has its interval."""
+    values = _by_k(table, slice_name, metrics)
+    if not {"low", "high"} <= set(table.columns):
+        return values
+    low, high = (_by_k(table, slice_name, metrics, column=c) for c in ("low", "high"))
+
+    def cell(value: float, lo: float, hi: float) -> str | float:
+        if pd.isna(value) or pd.isna(lo) or pd.isna(hi):
+            return value  # coverage, or a table without intervals: the value alone
+        return f"{value:.{digits}f} ({lo:.{digits}f}\N{EN DASH}{hi:.{digits}f})"
+
+    return pd.DataFrame({c: [cell(*v) for v in zip(values[c], low[c], high[c], strict=True)]
+                         for c in values.columns}, index=values.index)
 
 
 def plot_curves(table: pd.DataFrame, metric: str, path: str | os.PathLike[str]) -> Path:
@@ -106,7 +128,7 @@ def write_report(
     users = table.loc[table["slice"] == "all", "users"].max()
     sections = [f"# {title}", "", *notes, *([""] if notes else []),
                 f"## All targets ({users:,} users)", "",
-                markdown(_by_k(table, "all", _SUMMARY_METRICS)), ""]
+                markdown(_with_intervals(table, "all", _SUMMARY_METRICS)), ""]
     for slice_name in pd.unique(table["slice"]):
         if slice_name == "all":
             continue

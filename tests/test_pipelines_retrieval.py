@@ -84,14 +84,19 @@ def test_evaluate_retrieval_ranks_models_and_baselines_and_writes_the_report(sho
     cfg = EvaluateRetrievalConfig(
         run_dir=str(tmp_path), prepared=str(shop / "prepare"), ks=(5, 10),
         models={"model": index["index"]}, user_vectors={"model": str(shop / "users.parquet")},
-        baselines=("popularity", "ease", "image_knn"), embeddings=str(shop / "items.parquet"),
-        device="cpu")
+        baselines=("popularity", "ease", "ials", "image_knn"),
+        embeddings=str(shop / "items.parquet"), device="cpu", n_boot=100, reference="ease")
     summary = evaluate_retrieval(cfg)
 
     out = tmp_path / "evaluate_retrieval"
     table = pd.read_csv(out / "metrics.csv")
-    assert list(pd.unique(table["scorer"])) == ["model", "popularity", "ease", "image_knn"]
+    assert list(pd.unique(table["scorer"])) == ["model", "popularity", "ease", "ials",
+                                                "image_knn"]
     assert set(table["k"]) == {5, 10}
+    assert {"low", "high", "diff", "diff_low", "diff_high"} <= set(table.columns)
+    means = table[table["metric"] != "coverage"]
+    assert (means["low"] <= means["high"]).all() and means["low"].notna().all()
+    assert (table.loc[table["scorer"] == "ease", "diff"] == 0).all()
     assert summary["users"] == len(load_queries(shop / "prepare", "test"))
     # The approximate model index is measured against exact search over its source vectors.
     ann = table.query("metric == 'ann_recall'")
@@ -101,6 +106,9 @@ def test_evaluate_retrieval_ranks_models_and_baselines_and_writes_the_report(sho
         recall.set_index("scorer").loc["ease", "value"], abs=1e-4)
     report = (out / "report.md").read_text()
     assert "| model / recall |" in report and "## recall@k on warm items" in report
+    ials = table.query("scorer == 'ials' and slice == 'all' and metric == 'ndcg' and k == 5")
+    assert (f"| ials / ndcg | {ials['value'].item():.4f} ({ials['low'].item():.4f}\N{EN DASH}"
+            f"{ials['high'].item():.4f}) |") in report
     assert "## ANN index recall@k against exact search" in report
     for name in ("recall_at_k.png", "ndcg_at_k.png"):
         with Image.open(out / name) as image:
@@ -140,6 +148,10 @@ def test_evaluate_retrieval_config_refuses_what_cannot_run():
         EvaluateRetrievalConfig(models={"ease": "idx"}, user_vectors={"ease": "u.parquet"})
     with pytest.raises(ValueError, match="nothing to evaluate"):
         EvaluateRetrievalConfig(baselines=())
+    with pytest.raises(ValueError, match="--reference 'ials' is neither a model nor a baseline"):
+        EvaluateRetrievalConfig(baselines=("popularity", "ease"), reference="ials")
+    with pytest.raises(ValueError, match="n_boot must be >= 0"):
+        EvaluateRetrievalConfig(n_boot=-1)
     cfg = parse_config(EvaluateRetrievalConfig, [
         "--models", "tt=runs/x/build_index/tt", "--user-vectors", "tt=u.parquet",
         "--baselines", "popularity", "--ks", "10", "50"])
@@ -147,6 +159,13 @@ def test_evaluate_retrieval_config_refuses_what_cannot_run():
                                                   ("popularity",), (10, 50))
     with pytest.raises(SystemExit):
         parse_config(EvaluateRetrievalConfig, ["--baselines", "random"])
+    cfg = parse_config(EvaluateRetrievalConfig, [
+        "--baselines", "ials", "--ials.factors", "16", "--ials.alpha", "40", "--n-boot", "0",
+        "--reference", "ials"])
+    assert (cfg.ials.factors, cfg.ials.alpha, cfg.ials.regularization) == (16, 40.0, 10.0)
+    assert (cfg.n_boot, cfg.reference) == (0, "ials")
+    with pytest.raises(ValueError, match="factors must be >= 1"):
+        parse_config(EvaluateRetrievalConfig, ["--ials.factors", "0"])
 
 
 def test_report_tables_hold_the_values_of_the_metrics_table(tmp_path):
@@ -168,6 +187,25 @@ def test_report_tables_hold_the_values_of_the_metrics_table(tmp_path):
     assert pd.read_csv(paths["metrics"]).equals(table)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "metrics.csv", "ndcg_at_k.png", "recall_at_k.png", "report.md"]  # no temporary left
+
+
+def test_the_overall_table_shows_each_interval_and_the_csv_keeps_them(tmp_path):
+    nan = float("nan")
+    rows = [("a", "all", "recall", 10, 0.3312, 0.3101, 0.3530, 4),
+            ("a", "all", "ndcg", 10, 0.2, 0.1, 0.3, 4),
+            ("a", "all", "coverage", 10, 0.5, nan, nan, 4),  # not a mean over users
+            ("a", "cold", "recall", 10, 0.25, 0.0, 0.5, 2)]
+    table = pd.DataFrame(rows, columns=["scorer", "slice", "metric", "k", "value", "low", "high",
+                                        "users"])
+    paths = write_report(table, tmp_path)
+
+    report = paths["report"].read_text()
+    assert "| a / recall | 0.3312 (0.3101\N{EN DASH}0.3530) |" in report
+    assert "| a / coverage | 0.5000 |" in report
+    assert "| a | 0.2500 |" in report  # slice tables: values only
+    pd.testing.assert_frame_equal(pd.read_csv(paths["metrics"]), table)
+    skipped = table.assign(low=nan, high=nan)  # evaluate(n_boot=0)
+    assert "| a / recall | 0.3312 |" in write_report(skipped, tmp_path)["report"].read_text()
 
 
 def test_markdown_rounds_floats_and_keeps_the_index():
