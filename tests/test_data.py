@@ -111,7 +111,8 @@ def naive_prepare(log: pl.DataFrame, config: PrepareConfig) -> dict:
         events.sort()
 
     part: dict[tuple[int, int], str] = {}  # (user, position in seq) → split
-    history_end: dict[tuple[int, int], int] = {}
+    history_end: dict[tuple[int, int], int] = {}  # temporal, leave_last_out
+    fold_in_items: dict[int, list[int]] = {}  # holdout_users: a held-out user's whole fold-in
     if config.protocol == "temporal":
         times = sorted(t for events in seq.values() for t, _ in events)
         n = len(times)
@@ -134,17 +135,26 @@ def naive_prepare(log: pl.DataFrame, config: PrepareConfig) -> dict:
         drawn = list(np.random.default_rng(config.seed).permutation(n_users))
         held = {int(u): "test" for u in drawn[:n_test]}
         held |= {int(u): "valid" for u in drawn[n_test:n_test + n_valid]}
-        for u, events in seq.items():
+        at_random = config.fold_in == "random" or (config.fold_in == "auto" and not timed)
+        # Random fold-in: one uniform key per held-out row, users in order, rows in time order;
+        # a user's fold-in is its round(fraction · n) rows with the smallest keys.
+        keys = iter(np.random.default_rng((config.seed, 2)).random(
+            sum(len(events) for u, events in seq.items() if u in held)))
+        for u, events in sorted(seq.items()):
             n = len(events)
             fold_in = min(max(math.floor(config.fold_in_fraction * n + 0.5), 1), n - 1)
+            if u not in held:
+                part.update({(u, p): "train" for p in range(n)})
+                continue
+            if at_random:
+                key = [next(keys) for _ in events]
+                chosen = set(sorted(range(n), key=key.__getitem__)[:fold_in])
+            else:
+                chosen = set(range(fold_in))
             for p in range(n):
-                if u not in held:
-                    part[u, p] = "train"
-                else:
-                    part[u, p] = "fold_in" if p < fold_in else held[u]
-                    history_end[u, p] = fold_in
+                part[u, p] = "fold_in" if p in chosen else held[u]
+            fold_in_items[u] = [j for p, (_, j) in enumerate(events) if p in chosen]
 
-    cap = None if config.protocol == "holdout_users" else config.max_history  # fold-in: whole
     out: dict = {"train": [], "valid": [], "test": [], "user_ids": user_ids,
                  "item_ids": item_ids, "history": {u: [] for u in range(len(user_ids))}}
     for u, events in sorted(seq.items()):
@@ -154,8 +164,11 @@ def naive_prepare(log: pl.DataFrame, config: PrepareConfig) -> dict:
             if name == "train":
                 out["train"].append((u, i, seconds, len(out["history"][u])))
                 out["history"][u].append(i)
+            elif name in ("valid", "test") and u in fold_in_items:
+                out[name].append((u, i, seconds, [j for j in fold_in_items[u] if j != i]))
             elif name in ("valid", "test"):
                 end = history_end[u, p]
+                cap = config.max_history
                 window = [j for _, j in events[0 if cap is None else max(0, end - cap):end]]
                 out[name].append((u, i, seconds, [j for j in window if j != i]))
     out["count"] = Counter(i for _, i, _, _ in out["train"])
@@ -202,6 +215,47 @@ def assert_matches_naive_twin(log: pl.DataFrame, config: PrepareConfig, tmp_path
     assert out["items"]["log_q"].to_list() == pytest.approx(log_q, rel=1e-12)
     assert out["items"]["cold"].to_list() == [c == 0 for c in counts]
     return folder
+
+
+@pytest.mark.parametrize("fold_in", ["time", "random"])
+def test_fold_in_rules_match_naive_twin(tmp_path, fold_in):
+    config = PrepareConfig(protocol="holdout_users", fold_in=fold_in, max_history=3, seed=2,
+                           **SMALL)
+    folder = assert_matches_naive_twin(random_log(seed=1, rows=900), config, tmp_path)
+    assert manifest(folder)["fold_in"] == fold_in
+
+
+def test_random_fold_in_is_seeded_counted_and_not_the_earliest(tmp_path):
+    rng = np.random.default_rng(1)
+    users, per_user = 40, 10
+    pl.DataFrame({  # distinct items and times per user: a row is (user, item)
+        "user_id": np.repeat([f"u{u}" for u in range(users)], per_user),
+        "item_id": np.concatenate([rng.choice(30, per_user, replace=False)
+                                   for _ in range(users)]),
+        "timestamp": T0 + rng.permutation(users * per_user),
+    }).write_parquet(tmp_path / "log.parquet")
+
+    def fold_ins(fold_in: str, seed: int = 0) -> dict[int, list[int]]:
+        """held-out user → fold-in items, from every target's history (all alike)."""
+        config = PrepareConfig(protocol="holdout_users", fold_in=fold_in, seed=seed,
+                               min_user_interactions=1, min_item_interactions=1)
+        out = read(prepare(tmp_path / "log.parquet", tmp_path / f"{fold_in}-{seed}", config))
+        targets = pl.concat([out["valid"], out["test"]])
+        histories = targets.group_by("user_index").agg(pl.col("history").unique())
+        assert histories["history"].list.len().max() == 1
+        return {u: h[0] for u, h in histories.iter_rows()}
+
+    by_time, drawn = fold_ins("time"), fold_ins("random")
+    assert drawn == fold_ins("random") and drawn != fold_ins("random", seed=1)
+    assert fold_ins("auto") == by_time and sorted(drawn) == sorted(by_time)
+    assert all(len(h) == round(0.8 * per_user) for h in drawn.values())
+    assert sum(set(drawn[u]) != set(by_time[u]) for u in drawn) >= len(drawn) // 2
+    # Both keep time order: the drawn items are the user's items in time order, some skipped.
+    out = read(tmp_path / "time-0")
+    for u, history in drawn.items():
+        timeline = by_time[u] + out["test"].vstack(out["valid"]).filter(
+            pl.col("user_index") == u).sort("timestamp")["item_index"].to_list()
+        assert history == [i for i in timeline if i in set(history)]
 
 
 @pytest.mark.parametrize("min_rating", [None, 3.5])
@@ -615,6 +669,9 @@ def test_missing_column_names_the_file_and_the_mapping(tmp_path):
     assert "renamed from 'visitor'" in str(error)
     error = _bad(tmp_path, _log(), PrepareConfig(events=["buy"]))
     assert error.column == "event"
+    error = _bad(tmp_path, _log().drop("timestamp"),
+                 PrepareConfig(protocol="holdout_users", fold_in="time"))
+    assert error.column == "timestamp" and 'fold_in="random"' in str(error)
     error = _bad(tmp_path, _log(stars=[4, 5, 3]), PrepareConfig(min_rating=4))
     assert error.column == "rating" and "min_rating=4.0" in str(error)
     assert "['user_id', 'item_id', 'timestamp', 'stars']" in str(error)
@@ -670,6 +727,7 @@ def test_missing_source_and_failed_rerun_keep_the_old_folder(tmp_path):
     ({"valid_fraction": 1.2}, "valid_fraction"),
     ({"valid_fraction": 0.6, "test_fraction": 0.5}, "valid_fraction \\+ test_fraction"),
     ({"fold_in_fraction": 1.0}, "fold_in_fraction"),
+    ({"fold_in": "first"}, "fold_in must be one of auto, time, random"),
     ({"event_weights": {"buy": -1.0}}, "event_weights"),
     ({"min_rating": float("inf")}, "min_rating"),
     ({"columns": {"a": "user_id", "b": "user_id"}}, "two source columns"),

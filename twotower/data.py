@@ -13,7 +13,8 @@
     k-core            drop users and items with too few interactions, until a fixed point
     random order      without timestamps only: each user's rows in a seeded random order
     vocabularies      contiguous user_index / item_index in sorted-id order (deterministic)
-    split             temporal | leave_last_out | holdout_users (Liang et al. 2018)
+    split             temporal | leave_last_out | holdout_users (Liang et al. 2018; a held-out
+                      user's fold-in is their earliest rows or a seeded random draw)
     statistics        item counts and log_q from the training split only
     histories         per user (training) and per evaluation target (valid / test)
 
@@ -55,6 +56,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -64,12 +66,16 @@ import pyarrow.parquet as pq
 from twotower.contrastive import LOG_Q_FLOOR
 from twotower.files import DataError, atomic_path
 
-__all__ = ["PROTOCOLS", "SCHEMA_VERSION", "PrepareConfig", "prepare", "prepared_files"]
+__all__ = ["FOLD_INS", "PROTOCOLS", "SCHEMA_VERSION", "PrepareConfig", "prepare",
+           "prepared_files"]
 
 SCHEMA_VERSION = 1
 PROTOCOLS = ("temporal", "leave_last_out", "holdout_users")
+FOLD_INS = ("auto", "time", "random")
 REQUIRED = ("user_id", "item_id")
-_ROW_ORDER = 1  # random stream default_rng((seed, _ROW_ORDER)): row order without timestamps
+# Random streams default_rng((seed, stream)), apart from the held-out user draw's default_rng(seed)
+_ROW_ORDER = 1  # each user's row order, without timestamps
+_FOLD_IN_DRAW = 2  # holdout_users' random fold-in
 Log = Callable[[Mapping[str, float], int], None]
 
 _TRAIN, _VALID, _TEST, _FOLD_IN = 0, 1, 2, 3
@@ -96,7 +102,11 @@ class PrepareConfig:
     test_fraction: float = 0.1
     """temporal: share of interactions after the test cut; holdout_users: share of users."""
     fold_in_fraction: float = 0.8
-    """holdout_users: share of a held-out user's interactions (earliest first) given as history."""
+    """holdout_users: share of a held-out user's interactions given as history (see fold_in)."""
+    fold_in: Literal["auto", "time", "random"] = "auto"
+    """holdout_users: which interactions are the fold-in: "time" the earliest, "random" a
+    seeded uniform draw (Liang et al. 2018's random split), "auto" time when the log has
+    timestamps and random when it has none."""
     max_history: int | None = None
     """temporal / leave_last_out: most recent interactions kept in a valid/test target's
     history; None keeps all of them. The evaluator masks exactly this history and the baselines
@@ -104,7 +114,8 @@ class PrepareConfig:
     size of valid/test.parquet. holdout_users' fold-in is always written whole. The model's
     own input is capped separately, by `twotower.train.TrainConfig.max_history`."""
     seed: int = 0
-    """Seed of the held-out user draw (holdout_users)."""
+    """Seed of holdout_users' draws (held-out users, random fold-in) and, for a log without
+    timestamps, of each user's row order."""
     min_rating: float | None = None
     """Keep only rows whose `rating` column is ≥ this (explicit ratings → implicit positives:
     Liang et al. 2018 keep MovieLens ratings ≥ 4); None keeps every row and ignores `rating`."""
@@ -126,6 +137,9 @@ class PrepareConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
+        if self.fold_in not in FOLD_INS:
+            raise ValueError(f"fold_in must be one of {', '.join(FOLD_INS)}, got "
+                             f"{self.fold_in!r}")
         for name in ("valid_fraction", "test_fraction", "fold_in_fraction"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
@@ -468,6 +482,9 @@ def _checked_schema(
     if config.protocol != "holdout_users":
         needed["timestamp"] = (f"the {config.protocol} protocol orders interactions by time; "
                                f'a log without timestamps needs protocol="holdout_users"')
+    elif config.fold_in == "time":
+        needed["timestamp"] = ('fold_in="time" gives the earliest interactions as history; a '
+                               'log without timestamps needs fold_in="random" or "auto"')
     for name, why in needed.items():
         if name not in schema:
             origin = f" (renamed from {renamed[name]!r})" if name in renamed else ""
@@ -759,7 +776,8 @@ def _random_order(data: _EncodedLog, seed: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Split protocols. Rows arrive sorted by (user, time, item), so a user's rows are one run.
+# Split protocols. Rows arrive sorted by (user, time, item), so a user's rows are one run;
+# holdout_users' random fold-in then moves each held-out user's drawn rows to the front.
 
 
 @dataclass
@@ -781,10 +799,12 @@ def _split(
     elif config.protocol == "leave_last_out":
         split = _leave_last_out_split(starts)
     else:
+        rule = config.fold_in if config.fold_in != "auto" else (
+            "time" if data.timestamps else "random")
         split = _holdout_users_split(
-            data.user, starts, valid_fraction=config.valid_fraction,
+            data, starts, valid_fraction=config.valid_fraction,
             test_fraction=config.test_fraction, fold_in_fraction=config.fold_in_fraction,
-            seed=config.seed,
+            random_fold_in=rule == "random", seed=config.seed,
         )
     for part, name in ((_TRAIN, "training"), (_VALID, "validation"), (_TEST, "test")):
         if not np.any(split.part == part):
@@ -835,20 +855,24 @@ def _leave_last_out_split(starts: np.ndarray) -> _Split:
 
 
 def _holdout_users_split(
-    user: np.ndarray,
+    data: _EncodedLog,
     starts: np.ndarray,
     *,
     valid_fraction: float,
     test_fraction: float,
     fold_in_fraction: float,
+    random_fold_in: bool,
     seed: int,
 ) -> _Split:
     """Strong generalization (Liang et al. 2018, "Variational Autoencoders for Collaborative
     Filtering", sec. 4.2): a seeded draw of users is held out for valid and for test, and their
-    rows never train. Each held-out user's n time-ordered rows split into the earliest
-    round(fold_in_fraction · n), at least 1 and at most n − 1, as fold-in history and the rest
-    as targets. Liang et al. split at random and drop items unseen in training; we split by
-    time and keep such items, marked cold, because the image tower can embed them.
+    rows never train. Of a held-out user's n rows, round(fold_in_fraction · n), at least 1 and
+    at most n − 1, are fold-in history and the rest targets: the earliest ones, or with
+    random_fold_in a seeded uniform draw (Liang et al.'s random 80/20 split), for which the
+    user's rows are reordered so the drawn ones come first (`_random_fold_in_first`). Either
+    way the fold-in is the first rows of the user's run, ending at `fold_in_end`. Liang et al.
+    drop target items unseen in training; we keep them, marked cold, because the image tower
+    can embed them.
     """
     n_users = starts.shape[0] - 1
     n_test = max(1, round(test_fraction * n_users))
@@ -861,12 +885,36 @@ def _holdout_users_split(
     counts = np.diff(starts)
     fold_in = np.clip(np.floor(fold_in_fraction * counts + 0.5), 1, counts - 1).astype(np.int64)
     fold_in_end = starts[:-1] + fold_in  # (U,)
-    part = user_part[user]
-    held_out = np.flatnonzero(part)
-    part[held_out[held_out < fold_in_end[user[held_out]]]] = _FOLD_IN
+    part = user_part[data.user]
+    held_out = np.flatnonzero(part)  # (H,) every row of every held-out user
+    if random_fold_in:
+        _random_fold_in_first(data, held_out, starts, fold_in, seed)
+    part[held_out[held_out < fold_in_end[data.user[held_out]]]] = _FOLD_IN
     extra = {"held_out_users": {"valid": int(np.count_nonzero(user_part == _VALID)),
-                                "test": int(np.count_nonzero(user_part == _TEST))}}
+                                "test": int(np.count_nonzero(user_part == _TEST))},
+             "fold_in": "random" if random_fold_in else "time"}
     return _Split(part, extra, fold_in_end)
+
+
+def _random_fold_in_first(
+    data: _EncodedLog, held_out: np.ndarray, starts: np.ndarray, fold_in: np.ndarray, seed: int
+) -> None:
+    """Reorder each held-out user's rows, in place, so that fold_in[u] of them drawn uniformly
+    at random come first; the drawn rows and the others each keep their (time) order.
+
+    held_out: (H,) ascending rows of the held-out users, all of each one's run; starts:
+    (U + 1,) user offsets; fold_in: (U,) rows to draw. A user's draw is its fold_in[u] rows
+    with the smallest seeded uniform keys. Only held-out users' rows move: no training row,
+    position or first_seen depends on their order.
+    """
+    user = data.user[held_out]  # (H,)
+    key = np.random.default_rng((seed, _FOLD_IN_DRAW)).random(held_out.shape[0])  # (H,)
+    by_key = np.lexsort((key, user))  # (H,) each user's rows, smallest key first
+    rank = np.empty_like(by_key)
+    rank[by_key] = np.arange(by_key.shape[0])
+    rank -= np.searchsorted(held_out, starts[user])  # rank among the user's own rows
+    target = rank >= fold_in[user]  # (H,)
+    data.reorder(held_out, np.lexsort((target, user)))  # stable: each part keeps its order
 
 
 def _history_ends(data: _EncodedLog, split: _Split, targets: np.ndarray) -> np.ndarray:
