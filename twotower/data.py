@@ -277,10 +277,11 @@ def _filter(
     """
     rows: dict[str, object] = {"read": n_read, "rating_filter": data.size}
     report({"rows/read": n_read, "rows/rating_filter": data.size}, 0)
-    _sort_by_user_time(data)
+    by_item = _sort_by_user_time(data)
     ties = _tie_runs(data.user, data.time)
     if ties.size:
-        data.reorder(ties, np.lexsort([c[ties] for c in reversed(data.keys())]))
+        if not by_item:
+            data.reorder(ties, np.lexsort([c[ties] for c in reversed(data.keys())]))
         duplicates = _duplicates(data.keys(), ties)
         if duplicates.size:
             data.keep(_without(data.size, duplicates))
@@ -620,8 +621,9 @@ class _EncodedLog:
                 column[where] = column[where[order]]
 
 
-def _sort_by_user_time(data: _EncodedLog) -> None:
-    """Sort the log by (user, time) in place; `_filter` then orders rows tying on both.
+def _sort_by_user_time(data: _EncodedLog) -> bool:
+    """Sort the log by (user, time) in place; True if by (user, time, item), which orders
+    rows tying on (user, time) as `_filter` needs, else `_filter` orders them itself.
 
     User and time (in its coarsest exact unit: s, ms or µs) are packed into one u64 key, and
     the item too when it fits and no weight or event column needs to move with the rows:
@@ -642,7 +644,7 @@ def _sort_by_user_time(data: _EncodedLog) -> None:
     if sum(bits) > 64:
         frame = pl.DataFrame({"user": data.user, "time": data.time})
         data.keep(frame.select(pl.arg_sort_by("user", "time")).to_series().to_numpy())
-        return
+        return False
     key = np.zeros(data.size, dtype=np.uint64)
     for first in range(0, data.size, _BLOCK_ROWS):  # in blocks: no (N,) temporaries
         block = key[first:first + _BLOCK_ROWS]
@@ -668,6 +670,7 @@ def _sort_by_user_time(data: _EncodedLog) -> None:
             value += offset
         setattr(data, name, value)
         key >>= np.uint64(width)
+    return len(fields) == 3
 
 
 def _all_multiples(time: np.ndarray, start: int, unit: int) -> bool:
