@@ -283,7 +283,7 @@ def run(cfg: TuneConfig, *, pruner: optuna.pruners.BasePruner | None = None) -> 
             try:
                 result = fit(base.prepared_dir, trial_cfg.train, embeddings=embeddings,
                              catalog=catalog, attributes=base.attributes,
-                             new_products=False, log=log, progress=False)
+                             new_products=base.new_products, log=log, progress=False)
             except optuna.TrialPruned as err:
                 pruned = err
             mlflow.set_tag("optuna.state", "PRUNED" if pruned else "COMPLETE")

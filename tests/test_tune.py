@@ -4,6 +4,7 @@ the search space's checks, and the command line."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -100,6 +101,17 @@ def test_best_toml_is_a_train_two_tower_config_with_the_best_settings(search):
     with pytest.raises(SystemExit) as exit_:  # and the stage's own command line takes it
         cli.main(["train_two_tower", "--config", str(best), "--help"])
     assert exit_.value.code == 0
+
+
+@pytest.mark.usefixtures("local_mlflow")
+def test_training_best_toml_reproduces_the_best_trials_recall(search, capsys):
+    """A trial is the train_two_tower stage's training without checkpoints or export: the
+    stage, run from best.toml, reaches the best trial's validation recall."""
+    _, summary = search
+    cli.main(["train_two_tower", "--config", summary["files"]["best"]])
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["model"].endswith("train_two_tower/ids_tuned")
+    assert trained["val_recall_at_10"] == pytest.approx(summary["best_value"], abs=1e-12)
 
 
 def test_mlflow_holds_the_tune_run_and_a_nested_run_per_trial(search):
