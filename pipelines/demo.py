@@ -133,7 +133,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
             "evaluate_retrieval", run_dir / evaluate_retrieval.STAGE,
             evaluate_retrieval.EvaluateRetrievalConfig(
                 run_dir=cfg.run_dir, prepared=prepared["folder"], ks=cfg.ks, models=indexes,
-                user_vectors=user_vectors, baselines=("popularity", "ease", "image_knn"),
+                user_vectors=user_vectors, baselines=("popularity", "ease", "ials", "image_knn"),
                 embeddings=embedded["embeddings"], device=cfg.device),
             evaluate_retrieval.run)
         drawn = stages("figures", run_dir / figures.STAGE, figures.FiguresConfig(

@@ -37,7 +37,7 @@ def test_demo_runs_every_stage_and_reports(finished, capsys):
     run_dir, out = finished
     assert out["ran"] == STAGES and out["skipped"] == []
     results = out["results"]
-    assert list(results.index) == ["id_only", "image", "popularity", "ease", "image_knn"]
+    assert list(results.index) == ["id_only", "image", "popularity", "ease", "ials", "image_knn"]
     assert {"recall@10", "ndcg@10", "warm recall@10", "tail recall@10"} <= set(results.columns)
     assert results["recall@10"].between(0, 1).all() and results["recall@10"].max() > 0
     report = run_dir / "evaluate_retrieval"
