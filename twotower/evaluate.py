@@ -12,7 +12,9 @@ and per slice of items:
     tail    the other warm targets
 
 A slice restricts the targets, never the ranking: tail recall@50 is the share of a user's
-tail targets found in the same top 50 that overall recall is computed from.
+tail targets found in the same top 50 that overall recall is computed from. Every mean over
+users comes with its 95% bootstrap interval over the slice's users, the same resamples for
+every scorer, and optionally its paired difference from a reference scorer (`evaluate`).
 
 A scorer is anything with `rank(queries, k) -> (U, k) item ids`. Here: `PopularityScorer`
 (training counts), `EASEScorer` (Steck 2019), `IALSScorer` (implicit ALS, Hu et al. 2008, through
