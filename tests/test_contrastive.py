@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twotower.contrastive import LOG_Q_FLOOR, info_nce, nt_xent
+from twotower.contrastive import LOG_Q_FLOOR, catalog_softmax, info_nce, nt_xent
 
 # ---------------------------------------------------------------------------------------------
 # Naive twins: Python loops over rows and columns, straight from the formulas.
@@ -400,3 +400,68 @@ def test_nt_xent_rejects_bad_arguments():
         nt_xent(torch.randn(4, 3), torch.randn(4, 3), temperature=0)
     with pytest.raises(ValueError, match="z2 contains NaN"):
         nt_xent(torch.randn(4, 3), torch.full((4, 3), math.nan))
+
+
+# ---------------------------------------------------------------------------------------------
+# The full catalog softmax.
+
+
+def naive_catalog_softmax(q, catalog, positives, tau, normalize=True) -> float:
+    """Mult-VAE's multinomial log-likelihood (Liang et al. 2018, eq. 2) of one positive per
+    row, every catalog item in the denominator."""
+    q, catalog = q.tolist(), catalog.tolist()
+    if normalize:
+        q, catalog = [_unit(v) for v in q], [_unit(v) for v in catalog]
+    total = 0.0
+    for i, row in enumerate(q):
+        logits = [_dot(row, item) / tau for item in catalog]
+        total += -logits[int(positives[i])] + math.log(sum(math.exp(x) for x in logits))
+    return total / len(q)
+
+
+@settings(max_examples=25, deadline=None)
+@given(b=st.integers(1, 6), c=st.integers(1, 9), d=st.integers(1, 5),
+       tau=st.floats(0.05, 1.0), normalize=st.booleans(), seed=st.integers(0, 2**16))
+def test_catalog_softmax_equals_naive_twin(b, c, d, tau, normalize, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, d, generator=g, dtype=torch.float64)
+    catalog = torch.randn(c, d, generator=g, dtype=torch.float64)
+    positives = torch.randint(0, c, (b,), generator=g)
+    got = catalog_softmax(q, catalog, positives, temperature=tau, normalize=normalize)
+    assert got.item() == pytest.approx(
+        naive_catalog_softmax(q, catalog, positives, tau, normalize), rel=1e-9, abs=1e-12)
+
+
+def test_catalog_softmax_is_info_nce_when_the_catalog_is_the_batch():
+    """In-batch candidates with row i's positive at column i: the two losses coincide."""
+    g = torch.Generator().manual_seed(0)
+    q, c = torch.randn(7, 4, generator=g), torch.randn(7, 4, generator=g)
+    assert catalog_softmax(q, c, torch.arange(7), temperature=0.1).item() == pytest.approx(
+        info_nce(q, c, temperature=0.1).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_chunked_catalog_softmax_equals_dense(chunk):
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(10, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    catalog = torch.randn(25, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    positives = torch.randint(0, 25, (10,), generator=g)
+    tau = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    dense = catalog_softmax(q, catalog, positives, temperature=tau, reduction="none")
+    grads = torch.autograd.grad(dense.sum(), (q, catalog, tau))
+    chunked = catalog_softmax(q, catalog, positives, temperature=tau, chunk_size=chunk,
+                              reduction="none")
+    torch.testing.assert_close(chunked, dense)
+    for got, want in zip(torch.autograd.grad(chunked.sum(), (q, catalog, tau)), grads,
+                         strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_catalog_softmax_rejects_bad_arguments():
+    q, c = torch.randn(3, 4), torch.randn(5, 4)
+    with pytest.raises(ValueError, match="positives must be"):
+        catalog_softmax(q, c, torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="differ in dimension"):
+        catalog_softmax(q, torch.randn(5, 3), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="non-finite|finite"):
+        catalog_softmax(q, c.clone().fill_(float("nan")), torch.zeros(3, dtype=torch.long))

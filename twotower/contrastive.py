@@ -26,7 +26,7 @@ from torch import Tensor
 
 from twotower.distributed import gather_with_grad, rank, world_size
 
-__all__ = ["LOG_Q_FLOOR", "info_nce", "nt_xent"]
+__all__ = ["LOG_Q_FLOOR", "catalog_softmax", "info_nce", "nt_xent"]
 
 LOG_Q_FLOOR = math.log(1e-12)
 """log_q is clipped below at log(1e-12) so an unseen item cannot get an unbounded logit."""
@@ -112,6 +112,39 @@ def info_nce(
         queries, all_candidates, positives,
         temperature=temperature, bias=bias, ids=all_ids, exclude=None, chunk_size=chunk_size,
     )
+    return _reduce(losses, reduction)
+
+
+def catalog_softmax(
+    queries: Tensor,
+    catalog: Tensor,
+    positives: Tensor,
+    *,
+    temperature: Temperature = 0.05,
+    normalize: bool = True,
+    chunk_size: int | None = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """Full softmax over a whole catalog: −log softmax(q_i · C / τ)[positive_i].
+
+    The exact multinomial likelihood that in-batch negatives approximate (Mult-VAE, Liang et
+    al. 2018, eq. 2; Covington et al. 2016 before sampling): every item is a negative, so no
+    sampling bias exists to correct and no accidental hit needs masking.
+
+    Args:
+        queries: (B, d) e.g. user vectors.
+        catalog: (C, d) every candidate; the same on every rank (nothing is gathered).
+        positives: (B,) long, row i's positive as a row of `catalog`.
+    """
+    _check_pair("queries", queries, "catalog", catalog, same_rows=False)
+    _check_options(temperature, chunk_size, reduction)
+    if positives.shape != (queries.shape[0],):
+        raise ValueError(f"positives must be ({queries.shape[0]},), got {tuple(positives.shape)}")
+    _check_finite(queries=queries, catalog=catalog)
+    if normalize:
+        queries, catalog = F.normalize(queries, dim=-1), F.normalize(catalog, dim=-1)
+    losses = _softmax_nll(queries, catalog, positives, temperature=temperature, bias=None,
+                          ids=None, exclude=None, chunk_size=chunk_size)
     return _reduce(losses, reduction)
 
 
