@@ -101,7 +101,7 @@ def run(cfg: TrainTwoTowerConfig) -> dict[str, Any]:
                           "embeddings": cfg.embeddings})
             with atomic_path(cfg.out_dir / "model.pt") as tmp:
                 torch.save({"model": result.model.state_dict(),
-                            "tower": dataclasses.asdict(cfg.train.tower),
+                            "tower": dataclasses.asdict(result.model.config),
                             "best_epoch": result.best_epoch}, tmp)
             with atomic_path(cfg.out_dir / "history.json") as tmp:
                 tmp.write_text(json.dumps(result.history, indent=2) + "\n")

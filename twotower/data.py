@@ -67,7 +67,7 @@ from twotower.contrastive import LOG_Q_FLOOR
 from twotower.files import DataError, atomic_path
 
 __all__ = ["FOLD_INS", "PROTOCOLS", "SCHEMA_VERSION", "PrepareConfig", "prepare",
-           "prepared_files"]
+           "prepared_files", "prepared_manifest"]
 
 SCHEMA_VERSION = 1
 PROTOCOLS = ("temporal", "leave_last_out", "holdout_users")
@@ -179,6 +179,22 @@ def prepared_files(prepared: str | os.PathLike[str], *names: str) -> dict[str, P
         if not path.is_file():
             raise DataError("missing; is this a folder written by twotower.prepare?", path=path)
     return paths
+
+
+def prepared_manifest(prepared: str | os.PathLike[str]) -> dict[str, object]:
+    """The `manifest.json` of a prepared folder (protocol, config, row counts); `DataError`
+    naming the file when it is missing or unreadable."""
+    path = Path(prepared) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError("missing; is this a folder written by twotower.prepare?",
+                        path=path) from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"unreadable: {err}", path=path) from None
+    if not isinstance(manifest, dict) or "protocol" not in manifest:
+        raise DataError("not a prepared folder's manifest (no protocol)", path=path)
+    return manifest
 
 
 def prepare(
