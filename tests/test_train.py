@@ -26,7 +26,8 @@ from twotower.vectors import Vectors, read_vectors
 
 TOWER = TowerConfig(dim=8, hidden_dim=16, id_dim=8, image_dim=4, attribute_dim=4)
 TINY = TrainConfig(epochs=2, batch_size=64, lr=5e-3, val_k=10, max_history=5, tower=TOWER,
-                   max_val_users=None)
+                   max_val_users=None, softmax="sampled")
+FULL = dataclasses.replace(TINY, softmax="full")
 
 
 @pytest.fixture(scope="module")
@@ -271,3 +272,119 @@ def test_cuda_training_in_bf16(shop_dir):
                  embeddings=_images(shop_dir), progress=False)
     assert next(result.model.parameters()).device.type == "cuda"
     assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_user_id_embedding_is_chosen_from_the_protocol(shop_dir, tmp_path):
+    holdout = prepare(shop_dir / "log.parquet", tmp_path / "holdout", PrepareConfig(
+        protocol="holdout_users", min_user_interactions=3, min_item_interactions=3))
+    tiny = dataclasses.replace(TINY, epochs=1)
+    assert TINY.tower.user_id is None  # the default: decided by the split
+    assert fit(shop_dir / "prepare", tiny, progress=False).model.config.user_id is True
+    found = fit(holdout, tiny, progress=False).model
+    assert found.config.user_id is False and found.user_tower.ids is None
+    forced = dataclasses.replace(tiny, tower=dataclasses.replace(TOWER, user_id=True))
+    assert fit(holdout, forced, progress=False).model.user_tower.ids is not None
+
+
+def _weighted_log(shop_dir: Path, tmp_path: Path, weights: dict[str, float]) -> Path:
+    """The shop's log prepared with event weights (every event a view or a purchase)."""
+    log = pl.read_parquet(shop_dir / "log.parquet")
+    log = log.with_columns(event=pl.when(pl.int_range(pl.len()) % 3 == 0)
+                           .then(pl.lit("purchase")).otherwise(pl.lit("view")))
+    log.write_parquet(tmp_path / "events.parquet")
+    name = "_".join(f"{k}{v}" for k, v in weights.items())
+    return prepare(tmp_path / "events.parquet", tmp_path / name, PrepareConfig(
+        min_user_interactions=3, min_item_interactions=3, event_weights=weights))
+
+
+def test_row_weights_weigh_the_loss(shop_dir, tmp_path):
+    losses = {}
+    for name, weights, use in (("ones", {"view": 1.0, "purchase": 1.0}, True),
+                               ("doubled", {"view": 2.0, "purchase": 2.0}, True),
+                               ("purchases count 5x", {"view": 1.0, "purchase": 5.0}, True),
+                               ("ignored", {"view": 1.0, "purchase": 5.0}, False)):
+        prepared = _weighted_log(shop_dir, tmp_path, weights)
+        cfg = dataclasses.replace(TINY, epochs=1, use_weights=use)
+        logged: list[float] = []
+        fit(prepared, cfg, log=lambda m, s: logged.append(m["loss"]) if "loss" in m else None,
+            progress=False)
+        losses[name] = logged
+    # A weighted mean: scaling every weight changes nothing; unequal weights change training.
+    np.testing.assert_allclose(losses["doubled"], losses["ones"], rtol=1e-6)
+    assert losses["purchases count 5x"][1:] != pytest.approx(losses["ones"][1:], rel=1e-3)
+    np.testing.assert_allclose(losses["ignored"], losses["ones"], rtol=1e-6)
+
+
+def test_weighted_mean_of_zero_weights_is_zero():
+    losses = torch.tensor([1.0, 2.0, 4.0])
+    assert train_module._weighted_mean(losses, torch.tensor([1.0, 0.0, 3.0])).item() == \
+        pytest.approx((1.0 + 12.0) / 4.0)
+    assert train_module._weighted_mean(losses, torch.zeros(3)).item() == 0.0
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    total = 200
+    factors = [train_module._lr_factor(step, total) for step in range(total + 1)]
+    warmup = total // 20
+    assert factors[0] == pytest.approx(1 / warmup) and factors[warmup - 1] == 1.0
+    assert all(a <= b for a, b in zip(factors[:warmup - 1], factors[1:warmup], strict=True))
+    assert all(a >= b for a, b in zip(factors[warmup:-1], factors[warmup + 1:], strict=True))
+    assert factors[(total + warmup) // 2] == pytest.approx(0.5, abs=0.01)
+    assert factors[total] == pytest.approx(0.0, abs=1e-12)
+
+
+class _CatalogSpy:
+    """Wraps catalog_softmax to record each call's arguments."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[dict] = []
+        real = train_module.catalog_softmax
+
+        def spy(queries, catalog, positives, **kwargs):
+            self.calls.append({"queries": queries, "catalog": catalog, "positives": positives,
+                               **kwargs})
+            return real(queries, catalog, positives, **kwargs)
+
+        monkeypatch.setattr(train_module, "catalog_softmax", spy)
+
+
+def test_full_softmax_scores_every_warm_item_with_the_row_positive(shop_dir, monkeypatch):
+    spy, sampled = _CatalogSpy(monkeypatch), _Spy(monkeypatch)
+    result = fit(shop_dir / "prepare", dataclasses.replace(FULL, epochs=1, mixed_negatives=8),
+                 progress=False)
+    rows = load_training(shop_dir / "prepare")
+    warm = np.flatnonzero(rows.item_counts > 0)
+    assert len(spy.calls) == len(rows) // 64 and not sampled.calls  # no sampled loss at all
+    call = spy.calls[0]
+    assert call["catalog"].shape == (len(warm), TOWER.dim) and not call["normalize"]
+    # Column c of the catalog is warm item warm[c]: the positives map back to the rows' items.
+    order = np.random.default_rng([TINY.seed, 1]).permutation(len(rows))
+    assert np.array_equal(warm[call["positives"].numpy()], rows.item[order[:64]])
+    assert result.log_q is not None  # counts log q is still reported, unused by the loss
+
+
+def test_auto_softmax_is_full_up_to_the_size_limit(shop_dir, monkeypatch):
+    auto = dataclasses.replace(TINY, epochs=1, softmax="auto")
+    spy, sampled = _CatalogSpy(monkeypatch), _Spy(monkeypatch)
+    fit(shop_dir / "prepare", auto, progress=False)
+    assert spy.calls and not sampled.calls
+    monkeypatch.setattr(train_module, "FULL_SOFTMAX_ITEMS", 10)
+    spy, sampled = _CatalogSpy(monkeypatch), _Spy(monkeypatch)
+    fit(shop_dir / "prepare", auto, progress=False)
+    assert sampled.calls and not spy.calls
+
+
+def test_history_dropout_keeps_order_and_padding_on_the_left(shop_dir):
+    rows = load_training(shop_dir / "prepare")
+    picked = np.arange(len(rows))
+    cfg = dataclasses.replace(TINY, max_history=5, history_dropout=0.5)
+    whole = rows.histories(picked, 5)
+    dropped = train_module._histories(rows, picked, cfg, np.random.default_rng(0))
+    present = dropped != -1
+    assert 0.35 < 1 - present.sum() / (whole != -1).sum() < 0.65
+    assert (np.diff(present.astype(int), axis=1) >= 0).all()  # PAD only on the left
+    for before, after in zip(whole[:50], dropped[:50], strict=True):
+        kept = list(after[after != -1])
+        source = list(before[before != -1])
+        it = iter(source)
+        assert all(item in it for item in kept)  # a subsequence: the time order is kept

@@ -43,6 +43,9 @@ class TrainingRows:
     """(N,) int64 every user's training items in time order, user after user."""
     item_counts: np.ndarray
     """(I,) int64 training rows per item."""
+    weight: np.ndarray
+    """(N,) float32 the `weight` of each training row (1 unless the log or event weights set
+    it)."""
 
     def __len__(self) -> int:
         return len(self.user)
@@ -80,7 +83,8 @@ class TrainingRows:
 def load_training(prepared: str | os.PathLike[str]) -> TrainingRows:
     """The training split and user sequences of a folder written by `twotower.prepare`."""
     paths = prepared_files(prepared, "train", "users", "items")
-    train = pl.read_parquet(paths["train"], columns=["user_index", "item_index", "position"])
+    train = pl.read_parquet(paths["train"],
+                            columns=["user_index", "item_index", "position", "weight"])
     users = pl.read_parquet(paths["users"], columns=["user_index", "history"]).sort("user_index")
     items = pl.read_parquet(paths["items"], columns=["item_index", "count"]).sort("item_index")
     if len(train) == 0:
@@ -99,6 +103,7 @@ def load_training(prepared: str | os.PathLike[str]) -> TrainingRows:
         offsets=offsets,
         sequence_items=users["history"].explode().drop_nulls().to_numpy().astype(np.int64),
         item_counts=items["count"].to_numpy().astype(np.int64),
+        weight=train["weight"].to_numpy().astype(np.float32),
     )
 
 

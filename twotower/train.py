@@ -41,20 +41,24 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from twotower.contrastive import info_nce
+from twotower.contrastive import catalog_softmax, info_nce
+from twotower.data import prepared_manifest
 from twotower.distributed import gather_with_grad, rank, world_size
 from twotower.evaluate import EvalQueries, VectorScorer, evaluate, load_queries
 from twotower.files import DataError, atomic_path
 from twotower.frequency import StreamingFrequencyEstimator, log_q_from_counts
 from twotower.index import ItemIndex
 from twotower.inputs import TrainingRows, item_features, load_training
-from twotower.towers import TowerConfig, TwoTower, pad_histories
+from twotower.towers import PAD, TowerConfig, TwoTower, pad_histories
 from twotower.vectors import Vectors, write_vectors
 
 __all__ = ["FitResult", "TrainConfig", "export_vectors", "fit", "user_vectors_for"]
 
 Log = Callable[[Mapping[str, float], int], None]
 CHECKPOINT = "last.pt"
+FULL_SOFTMAX_ITEMS = 20_000
+"""`softmax="auto"` scores every warm item each step up to this catalog size: beyond it the
+item tower's pass over the catalog costs more than a step should."""
 _RESUMABLE = {"epochs", "device", "checkpoint_dir"}  # may change between a run and its resume
 
 
@@ -85,6 +89,18 @@ class TrainConfig:
     """Uniformly sampled catalog items added to every step's negatives (0: in-batch only)."""
     max_history: int = 20
     """Most recent history items the user tower pools."""
+    softmax: Literal["auto", "full", "sampled"] = "auto"
+    """full: every warm item is a negative of every row, the exact softmax (Mult-VAE's
+    likelihood; logq and mixed_negatives do not apply); sampled: the batch's other positives
+    (and mixed_negatives) with the logQ correction; auto: full up to FULL_SOFTMAX_ITEMS warm
+    items, sampled above."""
+    history_dropout: float = 0.0
+    """Training probability of dropping each history item (denoising input)."""
+    use_weights: bool = True
+    """Weigh each training row's loss by its `weight` (the log's, times event weights: a
+    purchase may count more than a view); False: every row counts once."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """constant, or linear warmup over 5% of the steps then cosine decay to 0 at `epochs`."""
     chunk_size: int | None = None
     """Row block of the loss (never holds the full logits); None: dense."""
     val_k: int = 50
@@ -112,10 +128,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.softmax not in ("auto", "full", "sampled"):
+            raise ValueError(f"softmax must be auto, full or sampled, got {self.softmax!r}")
         if self.logq not in ("none", "counts", "streaming"):
             raise ValueError(f"logq must be none, counts or streaming, got {self.logq!r}")
         if self.mixed_negatives < 0:
             raise ValueError(f"mixed_negatives must be ≥ 0, got {self.mixed_negatives}")
+        if not 0.0 <= self.history_dropout < 1.0:
+            raise ValueError(f"history_dropout must lie in [0, 1), got {self.history_dropout}")
         if self.max_val_users is not None and self.max_val_users < 1:
             raise ValueError(f"max_val_users must be ≥ 1 or None, got {self.max_val_users}")
 
@@ -166,7 +186,8 @@ def fit(
         torch.manual_seed(cfg.seed)
         features = item_features(prepared, embeddings=embeddings, catalog=catalog,
                                  attributes=attributes, new_products=new_products)
-        model = TwoTower(rows.users_warm, features, cfg.tower).to(device)
+        model = TwoTower(rows.users_warm, features, _resolved_tower(cfg.tower, prepared))
+        model = model.to(device)
     log_tau = nn.Parameter(torch.tensor(math.log(cfg.temperature), device=device),
                            requires_grad=cfg.learn_temperature)
     params = [*model.parameters()] + ([log_tau] if cfg.learn_temperature else [])
@@ -184,6 +205,10 @@ def fit(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index or 0] if device.type == "cuda" else None)
     queries = _validation_queries(prepared, cfg)
+    weighted = cfg.use_weights and bool(np.any(rows.weight != 1.0))
+    warm_items = torch.as_tensor(np.flatnonzero(rows.item_counts > 0), device=device)
+    full = cfg.softmax == "full" or (cfg.softmax == "auto"
+                                     and len(warm_items) <= FULL_SOFTMAX_ITEMS)
 
     state = _State(history=[], best_metric=-math.inf, best_epoch=0, best_weights=None,
                    bad_epochs=0, epoch=0, step=0)
@@ -207,10 +232,17 @@ def fit(
             for i in range(steps):
                 picked = order[i * batch + me * local:i * batch + (me + 1) * local]
                 extra = (sampler.integers(0, rows.num_items, cfg.mixed_negatives)
-                         if cfg.mixed_negatives else None)
+                         if cfg.mixed_negatives and not full else None)
+                history = _histories(rows, picked, cfg, sampler)
+                if cfg.lr_schedule != "constant":
+                    for group in optimizer.param_groups:
+                        group["lr"] = cfg.lr * _lr_factor(state.step, steps * cfg.epochs)
                 with autocast:
-                    loss = _loss(net, model, rows, picked, extra, cfg, device, log_tau,
-                                 counts_log_q, estimator, state.step)
+                    per_row = _loss(net, model, rows, picked, history, extra, cfg, device,
+                                    log_tau, counts_log_q, estimator, state.step,
+                                    warm_items if full else None)
+                loss = per_row.mean() if not weighted else _weighted_mean(
+                    per_row, torch.as_tensor(rows.weight[picked], device=device))
                 # One host sync per step for the loss (mean over ranks) and this step's τ;
                 # every rank checks the same mean, so all stop together on a non-finite loss.
                 value, tau = _mean_over_ranks(torch.stack([loss.detach().float(),
@@ -316,18 +348,65 @@ def export_vectors(
 
 
 # -------------------------------------------------------------------- the step
+def _resolved_tower(tower: TowerConfig, prepared: str | os.PathLike[str]) -> TowerConfig:
+    """`tower` with `user_id` decided when it is None: off on a holdout_users split, whose
+    evaluation users have no trained id row, on otherwise."""
+    if tower.user_id is not None:
+        return tower
+    holdout = prepared_manifest(prepared)["protocol"] == "holdout_users"
+    return dataclasses.replace(tower, user_id=not holdout)
+
+
+def _weighted_mean(losses: Tensor, weights: Tensor) -> Tensor:
+    """Σ w_i ℓ_i / Σ w_i over this rank's rows (0 when every weight is 0)."""
+    return (losses * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def _lr_factor(step: int, total: int) -> float:
+    """Linear warmup over the first 5% of `total` steps, then cosine decay to 0."""
+    warmup = max(1, total // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _histories(rows: TrainingRows, picked: np.ndarray, cfg: TrainConfig,
+               sampler: np.random.Generator) -> np.ndarray:
+    """(b, max_history) each picked row's user input: its most recent earlier items, each
+    dropped with probability `history_dropout` in training (a denoising input, as Mult-DAE's
+    input dropout, Liang et al. 2018)."""
+    history = rows.histories(picked, cfg.max_history)
+    if cfg.history_dropout > 0:
+        history[sampler.random(history.shape) < cfg.history_dropout] = PAD
+        kept_right = np.argsort(history != PAD, axis=1, kind="stable")  # PADs back on the left
+        history = np.take_along_axis(history, kept_right, axis=1)
+    return history
+
+
 def _loss(
     net: nn.Module, model: TwoTower, rows: TrainingRows, picked: np.ndarray,
-    extra: np.ndarray | None, cfg: TrainConfig, device: torch.device, log_tau: Tensor,
-    counts_log_q: Tensor | None, estimator: StreamingFrequencyEstimator | None, step: int,
+    history: np.ndarray, extra: np.ndarray | None, cfg: TrainConfig, device: torch.device,
+    log_tau: Tensor, counts_log_q: Tensor | None,
+    estimator: StreamingFrequencyEstimator | None, step: int, warm_items: Tensor | None,
 ) -> Tensor:
-    """info_nce of one local batch: users (b, d) against the gathered positives and extras."""
+    """Per-row losses (b,) of one local batch: users (b, d) against the whole warm catalog
+    (full softmax) or the gathered positives and extras (info_nce)."""
     items = torch.as_tensor(rows.item[picked], device=device)  # (b,)
+    if warm_items is not None:  # the full softmax
+        users, catalog = net({
+            "user_index": torch.as_tensor(rows.user[picked], device=device),
+            "history": torch.as_tensor(history, device=device),
+            "item_index": warm_items,
+        })
+        positives = torch.searchsorted(warm_items, items)  # column of each positive
+        return catalog_softmax(users.float(), catalog.float(), positives,
+                               temperature=log_tau.exp(), normalize=False,
+                               chunk_size=cfg.chunk_size, reduction="none")
     candidates = items if extra is None else torch.cat(
         [items, torch.as_tensor(extra, device=device)])  # (b + M,): one item-tower pass
     users, item_vectors = net({
         "user_index": torch.as_tensor(rows.user[picked], device=device),
-        "history": torch.as_tensor(rows.histories(picked, cfg.max_history), device=device),
+        "history": torch.as_tensor(history, device=device),
         "item_index": candidates,
     })
     positives, extras = item_vectors[:len(items)], item_vectors[len(items):]
@@ -350,7 +429,7 @@ def _loss(
         log_q=log_q, candidate_ids=items if hits else None,
         extra_candidates=None if extra is None else extras.float(), extra_log_q=extra_log_q,
         extra_candidate_ids=(candidates[len(items):] if hits and extra is not None else None),
-        normalize=False, chunk_size=cfg.chunk_size,
+        normalize=False, chunk_size=cfg.chunk_size, reduction="none",
     )
 
 
@@ -388,7 +467,7 @@ def _validate(model: TwoTower, queries: EvalQueries, cfg: TrainConfig,
     index = ItemIndex.build(prepared_rows.float().cpu().numpy(), queries.item_ids,
                             "flat", device=str(device) if device.type == "cuda" else "cpu")
     scorer = VectorScorer(index=index, user_vectors=user_vectors_for(model, cfg.max_history))
-    table = evaluate(queries, {"model": scorer}, ks=(k,))
+    table = evaluate(queries, {"model": scorer}, ks=(k,), n_boot=0)
     overall = table[table["slice"] == "all"]
     values = dict(zip(overall["metric"], overall["value"], strict=True))
     return values["recall"], values["ndcg"], k
