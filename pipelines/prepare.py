@@ -5,9 +5,9 @@ r"""Stage `prepare`: an interaction log → the prepared folder, tracked as one 
         --data.event-weights purchase=3
 
 The run's params are the stage config (`data.*` for `twotower.data.PrepareConfig`), its
-metrics the row count after each step (`rows/read`, `rows/dedup`, `rows/event_filter`,
-`rows/kcore` per round, `rows/train|valid|test`) and the vocabulary sizes, and its artifact
-the folder's manifest.json. A folder whose manifest already records the same source and
+metrics the row count after each step (`rows/read`, `rows/rating_filter`, `rows/dedup`,
+`rows/event_filter`, `rows/kcore` per round, `rows/train|valid|test`) and the vocabulary
+sizes, and its artifact the folder's manifest.json. A folder whose manifest already records the same source and
 config is kept and the stage is skipped (pass --force to redo it). `--help` lists every
 option, one per field of `PrepareStage` and `PrepareConfig`.
 """
@@ -97,7 +97,10 @@ def _print(summary: dict[str, Any]) -> None:
     state = "up to date, skipped" if summary["skipped"] else "written"
     print(f"{summary['folder']} ({summary['protocol']}): {state}")
     rows = summary["rows"]
-    for step in ("read", "dedup", "event_filter", "kcore", "train", "valid", "test"):
+    for step in ("read", "rating_filter", "dedup", "event_filter", "kcore", "train", "valid",
+                 "test"):
+        if step not in rows:  # folders prepared before the rating filter existed
+            continue
         dropped = summary["dropped"].get(step)
         note = f"  ({dropped:,} dropped)" if dropped else ""
         print(f"  {step:<13}{rows[step]:>14,}{note}")
