@@ -463,5 +463,5 @@ def test_catalog_softmax_rejects_bad_arguments():
         catalog_softmax(q, c, torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="differ in dimension"):
         catalog_softmax(q, torch.randn(5, 3), torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match="non-finite|finite"):
+    with pytest.raises(ValueError, match="finite"):
         catalog_softmax(q, c.clone().fill_(float("nan")), torch.zeros(3, dtype=torch.long))

@@ -139,27 +139,3 @@ def test_bad_configurations_are_refused():
                  TowerConfig(item_id=False))
     with pytest.raises(ValueError, match="attribute 'c' must be"):
         ItemFeatures(warm=np.ones(3, bool), attributes={"c": np.array([0.5, 1.0, 2.0])})
-
-
-def test_attention_history_encoder_reads_the_order_and_ignores_padding():
-    torch.manual_seed(0)
-    config = TowerConfig(dim=8, hidden_dim=16, id_dim=4, id_dropout=0.0, user_id=False,
-                         history_encoder="attention", attention_heads=2)
-    model = TwoTower(np.ones(U, bool), _features(), config).eval()
-    users = torch.full((4,), -1)
-    history = torch.tensor([[PAD, 3, 5, 7], [PAD, 7, 5, 3], [3, 5, 7, 7], [PAD] * 4])
-    vectors = model.user_tower(users, history)
-    assert torch.isfinite(vectors).all()
-    # The same items in another order: the pools agree, the encoder does not.
-    assert not torch.allclose(vectors[0], vectors[1], atol=1e-4)
-    # More padding on the left changes nothing.
-    longer = torch.tensor([[PAD, PAD, PAD, 3, 5, 7]])
-    assert torch.allclose(model.user_tower(users[:1], longer), vectors[:1], atol=1e-5)
-    # An empty history gets the encoder's zeros, as the pools do.
-    encoded = model.user_tower.encoder(model.item_tower.features(history.clamp_min(0)),
-                                       history != PAD)
-    assert torch.equal(encoded[3], torch.zeros_like(encoded[3]))
-    model.train()
-    loss = model.user_tower(users, history).sum()
-    loss.backward()
-    assert all(p.grad is not None for p in model.user_tower.encoder.parameters())

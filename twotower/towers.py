@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
@@ -40,8 +39,8 @@ from torch import Tensor, nn
 
 from twotower.heads import HeadKind, ProjectionHead
 
-__all__ = ["PAD", "HistoryAttention", "ItemFeatures", "ItemTower", "TowerConfig", "TwoTower",
-           "UserTower", "pad_histories"]
+__all__ = ["PAD", "ItemFeatures", "ItemTower", "TowerConfig", "TwoTower", "UserTower",
+           "pad_histories"]
 
 PAD = -1
 """Padding value of `history` rows: no item."""
@@ -73,14 +72,6 @@ class TowerConfig:
     """Weight ratio between consecutive history items in the recency-weighted mean."""
     head: HeadKind = "mlp"
     """Projection head on each tower: mlp, linear or none."""
-    history_encoder: Literal["pool", "attention"] = "pool"
-    """How the user tower reads the history: pool, the mean and recency-weighted mean of its
-    item features; attention, those beside a small self-attention encoder over the items in
-    time order, read at the newest (SASRec, Kang & McAuley 2018)."""
-    attention_layers: int = 1
-    """Transformer layers of the attention history encoder."""
-    attention_heads: int = 2
-    """Attention heads of each such layer (they divide hidden_dim)."""
 
     def __post_init__(self) -> None:
         for name in ("dim", "hidden_dim", "id_dim", "image_dim", "attribute_dim"):
@@ -90,14 +81,6 @@ class TowerConfig:
             raise ValueError(f"id_dropout must lie in [0, 1), got {self.id_dropout}")
         if not 0.0 < self.recency_decay <= 1.0:
             raise ValueError(f"recency_decay must lie in (0, 1], got {self.recency_decay}")
-        if self.history_encoder not in ("pool", "attention"):
-            raise ValueError(f"history_encoder must be pool or attention, got "
-                             f"{self.history_encoder!r}")
-        if self.attention_layers < 1 or self.attention_heads < 1:
-            raise ValueError("attention_layers and attention_heads must be ≥ 1")
-        if self.hidden_dim % self.attention_heads:
-            raise ValueError(f"attention_heads ({self.attention_heads}) must divide hidden_dim "
-                             f"({self.hidden_dim})")
 
 
 @dataclass
@@ -217,10 +200,6 @@ class UserTower(nn.Module):
         num_users = len(warm)
         self.register_buffer("warm", torch.from_numpy(np.asarray(warm, bool)))
         width = 2 * item_tower.feature_dim
-        self.encoder = None
-        if config.history_encoder == "attention":
-            self.encoder = HistoryAttention(item_tower.feature_dim, config)
-            width += config.hidden_dim
         self.ids = None
         if config.user_id is not False:  # None, undecided, is on (fit decides it first)
             self.ids = nn.Embedding(num_users + 1, config.id_dim)  # row 0: the unknown user
@@ -261,42 +240,10 @@ class UserTower(nn.Module):
                                            self.training)))
         features = self.item_tower.features(history.clamp_min(0))  # (B, L, F)
         parts.append(self.pooled(history, features))
-        if self.encoder is not None:
-            parts.append(self.encoder(features, history != PAD))
         known = users.clamp_min(0)
         for name, table in zip(self.attribute_names, self.attributes, strict=True):
             parts.append(table(getattr(self, f"attr_{name}")[known]))
         return F.normalize(self.head(self.mlp(torch.cat(parts, dim=-1))), dim=-1)
-
-
-class HistoryAttention(nn.Module):
-    """(B, L, F) history features, newest last, and their (B, L) presence → (B, hidden) the
-    output of a small Transformer encoder at the newest item (SASRec, Kang & McAuley 2018,
-    sec. III: learned position embeddings, here counted back from the newest item; pre-norm
-    layers). An empty history gives zeros."""
-
-    max_positions = 512  # older items share the last position embedding
-
-    def __init__(self, feature_dim: int, config: TowerConfig) -> None:
-        super().__init__()
-        width = config.hidden_dim
-        self.project = nn.Linear(feature_dim, width)
-        self.positions = nn.Embedding(self.max_positions, width)
-        layer = nn.TransformerEncoderLayer(width, config.attention_heads, 2 * width,
-                                           dropout=0.1, batch_first=True, norm_first=True)
-        self.layers = nn.TransformerEncoder(layer, config.attention_layers,
-                                            enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(width)
-
-    def forward(self, features: Tensor, present: Tensor) -> Tensor:
-        length = features.shape[1]
-        age = torch.arange(length - 1, -1, -1, device=features.device).clamp_max(
-            self.max_positions - 1)  # (L,) 0 for the newest
-        x = self.project(features) + self.positions(age)  # (B, L, H)
-        empty = ~present.any(dim=1)  # (B,) nothing to attend to: let the row see its PADs
-        padding = ~present & ~empty[:, None]
-        out = self.norm(self.layers(x, src_key_padding_mask=padding)[:, -1])  # (B, H) newest
-        return out.masked_fill(empty[:, None], 0.0)
 
 
 class TwoTower(nn.Module):

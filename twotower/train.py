@@ -49,7 +49,7 @@ from twotower.files import DataError, atomic_path
 from twotower.frequency import StreamingFrequencyEstimator, log_q_from_counts
 from twotower.index import ItemIndex
 from twotower.inputs import TrainingRows, item_features, load_training
-from twotower.towers import PAD, TowerConfig, TwoTower, pad_histories
+from twotower.towers import TowerConfig, TwoTower, pad_histories
 from twotower.vectors import Vectors, write_vectors
 
 __all__ = ["FitResult", "TrainConfig", "export_vectors", "fit", "user_vectors_for"]
@@ -94,13 +94,9 @@ class TrainConfig:
     likelihood; logq and mixed_negatives do not apply); sampled: the batch's other positives
     (and mixed_negatives) with the logQ correction; auto: full up to FULL_SOFTMAX_ITEMS warm
     items, sampled above."""
-    history_dropout: float = 0.0
-    """Training probability of dropping each history item (denoising input)."""
     use_weights: bool = True
     """Weigh each training row's loss by its `weight` (the log's, times event weights: a
     purchase may count more than a view); False: every row counts once."""
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    """constant, or linear warmup over 5% of the steps then cosine decay to 0 at `epochs`."""
     chunk_size: int | None = None
     """Row block of the loss (never holds the full logits); None: dense."""
     val_k: int = 50
@@ -134,8 +130,6 @@ class TrainConfig:
             raise ValueError(f"logq must be none, counts or streaming, got {self.logq!r}")
         if self.mixed_negatives < 0:
             raise ValueError(f"mixed_negatives must be ≥ 0, got {self.mixed_negatives}")
-        if not 0.0 <= self.history_dropout < 1.0:
-            raise ValueError(f"history_dropout must lie in [0, 1), got {self.history_dropout}")
         if self.max_val_users is not None and self.max_val_users < 1:
             raise ValueError(f"max_val_users must be ≥ 1 or None, got {self.max_val_users}")
 
@@ -233,10 +227,7 @@ def fit(
                 picked = order[i * batch + me * local:i * batch + (me + 1) * local]
                 extra = (sampler.integers(0, rows.num_items, cfg.mixed_negatives)
                          if cfg.mixed_negatives and not full else None)
-                history = _histories(rows, picked, cfg, sampler)
-                if cfg.lr_schedule != "constant":
-                    for group in optimizer.param_groups:
-                        group["lr"] = cfg.lr * _lr_factor(state.step, steps * cfg.epochs)
+                history = rows.histories(picked, cfg.max_history)
                 with autocast:
                     per_row = _loss(net, model, rows, picked, history, extra, cfg, device,
                                     log_tau, counts_log_q, estimator, state.step,
@@ -360,27 +351,6 @@ def _resolved_tower(tower: TowerConfig, prepared: str | os.PathLike[str]) -> Tow
 def _weighted_mean(losses: Tensor, weights: Tensor) -> Tensor:
     """Σ w_i ℓ_i / Σ w_i over this rank's rows (0 when every weight is 0)."""
     return (losses * weights).sum() / weights.sum().clamp_min(1e-12)
-
-
-def _lr_factor(step: int, total: int) -> float:
-    """Linear warmup over the first 5% of `total` steps, then cosine decay to 0."""
-    warmup = max(1, total // 20)
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
-def _histories(rows: TrainingRows, picked: np.ndarray, cfg: TrainConfig,
-               sampler: np.random.Generator) -> np.ndarray:
-    """(b, max_history) each picked row's user input: its most recent earlier items, each
-    dropped with probability `history_dropout` in training (a denoising input, as Mult-DAE's
-    input dropout, Liang et al. 2018)."""
-    history = rows.histories(picked, cfg.max_history)
-    if cfg.history_dropout > 0:
-        history[sampler.random(history.shape) < cfg.history_dropout] = PAD
-        kept_right = np.argsort(history != PAD, axis=1, kind="stable")  # PADs back on the left
-        history = np.take_along_axis(history, kept_right, axis=1)
-    return history
 
 
 def _loss(
