@@ -78,7 +78,7 @@ class DemoConfig:
     data: PrepareConfig = field(default_factory=lambda: PrepareConfig(
         protocol="temporal", min_user_interactions=3, min_item_interactions=1))
     """The split; every item stays in, so products first sold after the cut are cold."""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=512))
+    train: TrainConfig = field(default_factory=TrainConfig)
     """Two-tower training, the same for both models."""
 
     def __post_init__(self) -> None:

@@ -7,9 +7,9 @@ r"""Stage `prepare`: an interaction log → the prepared folder, tracked as one 
 The run's params are the stage config (`data.*` for `twotower.data.PrepareConfig`), its
 metrics the row count after each step (`rows/read`, `rows/rating_filter`, `rows/dedup`,
 `rows/event_filter`, `rows/kcore` per round, `rows/train|valid|test`) and the vocabulary
-sizes, and its artifact the folder's manifest.json. A folder whose manifest already records the same source and
-config is kept and the stage is skipped (pass --force to redo it). `--help` lists every
-option, one per field of `PrepareStage` and `PrepareConfig`.
+sizes, and its artifact the folder's manifest.json. A folder whose manifest already records
+the same source and config is kept and the stage is skipped (pass --force to redo it).
+`--help` lists every option, one per field of `PrepareStage` and `PrepareConfig`.
 """
 
 from __future__ import annotations

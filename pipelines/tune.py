@@ -79,16 +79,20 @@ __all__ = ["DEFAULT_SPACE", "TuneConfig", "apply_params", "main", "parse_space",
 STAGE = "tune"
 
 DEFAULT_SPACE: dict[str, str] = {
-    "lr": "log:1e-4:1e-2",
+    "lr": "log:3e-4:1e-2",
     "weight_decay": "log:1e-6:1e-2",
-    "temperature": "log:0.03:0.5",
-    "batch_size": "cat:256,512,1024,2048",
-    "max_history": "int:5:50",
-    "tower.dim": "cat:32,64,128",
+    "temperature": "log:0.03:0.3",
+    "batch_size": "cat:256,512,1024",
+    "max_history": "int:10:100",
+    "tower.dim": "cat:64,128,256",
+    "tower.id_dim": "cat:32,64,128,256",
+    "tower.hidden_dim": "cat:128,256",
+    "tower.image_dim": "cat:32,128",
     "tower.id_dropout": "float:0.0:0.5",
-    "tower.hidden_dim": "cat:64,128,256",
 }
-"""The search space of `twotower tune`: a `TrainConfig` setting → its spec, one line each."""
+"""The search space of `twotower tune`: a `TrainConfig` setting → its spec, one line each.
+Around the defaults that measured best (benchmarks/README.md, bench_two_tower.py); the image
+projection only matters to a model given image embeddings."""
 
 _SET_BY_STAGE = ("device", "checkpoint_dir")
 """TrainConfig settings the stage sets itself: not searchable, not written to best.toml."""

@@ -105,7 +105,7 @@ def test_a_catalog_without_the_attribute_column_is_named_and_nothing_is_written(
 def test_command_line_reaches_the_nested_train_and_tower_fields():
     cfg = parse_config(TrainTwoTowerConfig, [
         "--name", "x", "--train.logq", "streaming", "--train.tower.dim", "32",
-        "--no-train.tower.user-id", "--attributes", "category", "pattern",
+        "--train.tower.user-id", "false", "--attributes", "category", "pattern",
         "--catalog", "c.parquet"])
     assert (cfg.train.logq, cfg.train.tower.dim, cfg.train.tower.user_id) == ("streaming", 32,
                                                                             False)

@@ -50,11 +50,11 @@ PAD = -1
 class TowerConfig:
     """Sizes and switches of both towers."""
 
-    dim: int = 64
+    dim: int = 128
     """Size d of the user and item vectors the loss and the index see."""
-    hidden_dim: int = 128
+    hidden_dim: int = 256
     """Width of each tower's MLP."""
-    id_dim: int = 32
+    id_dim: int = 128
     """Size of the item-id and user-id embeddings."""
     image_dim: int = 32
     """Size of the learned projection of the frozen image embedding h."""
