@@ -47,7 +47,7 @@ def test_the_demo_config_is_the_demo_defaults_and_the_others_differ():
     prepare = config_of("prepare", CONFIGS / "movielens.toml")
     assert prepare.data.columns == {"userId": "user_id", "movieId": "item_id"}
     evaluate = config_of("evaluate_retrieval", CONFIGS / "movielens.toml")
-    assert evaluate.ks == (10, 20, 50) and evaluate.baselines == ("popularity", "ease")
+    assert evaluate.ks == (10, 20, 50) and evaluate.baselines == ("popularity", "ease", "ials")
     assert set(evaluate.models) == {"id_only"}
 
 
