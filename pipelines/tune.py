@@ -8,9 +8,12 @@ The base model is the `train_two_tower` stage's config: with `--config FILE` its
 `--base.train.epochs 10`, overrides them), so the prepared folder, the embeddings, the name
 and every training setting the search leaves alone come from there. Each trial trains that
 model in this process (`twotower.train.fit`, no checkpoints, no vector export) with the
-trial's settings, and scores it by the best epoch's validation recall@val_k. A TPE sampler
-picks the settings; a median pruner stops a trial whose validation recall at an epoch (from
-`prune_warmup_epochs` on) is below the median of earlier trials at that epoch.
+trial's settings, and scores it by the best epoch's validation recall@val_k. The first
+trial of a study trains the base config itself (its searched settings that lie inside the
+space), so the best trial is never worse on validation than what the search started from;
+then a TPE sampler picks the settings; a median pruner stops a trial whose validation recall
+at an epoch (from `prune_warmup_epochs` on) is below the median of earlier trials at that
+epoch.
 
 The search space maps a setting of `TrainConfig` (dotted for the tower: `tower.dim`) to a
 spec: `log:LOW:HIGH` (log-uniform; an int setting draws ints), `float:LOW:HIGH` (uniform),
@@ -227,6 +230,20 @@ def _distribution(spec: str, kind: Any) -> BaseDistribution:
     raise ValueError(f"a setting of type {getattr(base, '__name__', base)} takes {allowed}")
 
 
+def _base_params(train: TrainConfig, space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
+    """The base config's value of every searched setting that lies inside its range."""
+    params = {}
+    for key, dist in space.items():
+        value: Any = train
+        for part in key.split("."):
+            value = getattr(value, part)
+        inside = (value in dist.choices if isinstance(dist, CategoricalDistribution)
+                  else dist.low <= value <= dist.high)
+        if inside:
+            params[key] = value
+    return params
+
+
 def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
     if isinstance(dist, FloatDistribution):
         return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
@@ -266,6 +283,9 @@ def run(cfg: TuneConfig, *, pruner: optuna.pruners.BasePruner | None = None) -> 
     catalog = _catalog(base.catalog, base.attributes) if base.attributes else None
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     study = _study(cfg, pruner)
+    start = _base_params(base.train, space)
+    if start:  # the settings the search must beat are its first trial (once per study)
+        study.enqueue_trial(start, user_attrs={"start": "base config"}, skip_if_exists=True)
 
     def objective(trial: optuna.Trial) -> float:
         params = {key: _suggest(trial, key, dist) for key, dist in space.items()}

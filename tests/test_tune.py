@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from pipelines import cli
+from pipelines import cli, tune
 from pipelines.config import parse_config
 from pipelines.tracking import tracking_uri
 from pipelines.train_two_tower import TrainTwoTowerConfig
@@ -78,6 +78,20 @@ def test_a_search_writes_its_trials_the_best_config_and_plots(search):
     assert summary["done"] == "3 of 3" and summary["trials"] == {"COMPLETE": 3}
     assert summary["storage"] == f"sqlite:///{(out / 'study.db').resolve()}"
     assert all(0.0 < v <= 1.0 for v in trials["value"])
+
+
+def test_the_first_trial_trains_the_base_settings(search):
+    cfg, _ = search
+    first = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url).trials[0]
+    assert first.params == {"lr": TRAIN.lr, "tower.dim": TRAIN.tower.dim,
+                            "tower.id_dropout": TRAIN.tower.id_dropout}
+    assert first.user_attrs["start"] == "base config"
+
+
+def test_base_settings_outside_the_space_are_left_to_the_sampler():
+    space = parse_space({"lr": "log:1e-1:1.0", "tower.dim": "cat:8,16",
+                         "max_history": "int:1:4"})
+    assert tune._base_params(TRAIN, space) == {"tower.dim": 8}  # lr 2e-3, max_history 5
 
 
 def test_the_value_is_the_best_epochs_validation_recall(search):
