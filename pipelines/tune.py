@@ -29,9 +29,11 @@ run `trial-<number>` per trial (its config as params, its per-epoch metrics); th
 gets the best value, the best settings (`best.<key>`) and the files.
 
 Resuming: the study lives in its storage, so running the same command again continues it
-until `n_trials` trials are complete or pruned; `timeout_minutes` bounds each run (checked
-before each trial). A trial whose process was killed stops sending heartbeats; after
-`grace_seconds` the next run marks it failed (it never counts) and runs its settings again.
+until `n_trials` trials are complete or pruned; `timeout_minutes` bounds each run: no trial
+starts after it, and a trial still training then stops at its next epoch and scores its best
+epoch so far (its trial attribute `stopped` says so). A trial whose process was killed stops
+sending heartbeats; after `grace_seconds` the next run marks it failed (it never counts) and
+runs its settings again.
 
 Several machines, one study: point `--storage` at a database every machine reaches, e.g.
 `postgresql://user:pw@host/db` or `mysql+pymysql://user:pw@host/db` (install its driver),
@@ -47,6 +49,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 import typing
 import warnings
 from collections.abc import Mapping
@@ -113,7 +116,8 @@ class TuneConfig:
     n_trials: int = 30
     """Complete or pruned trials the study should reach (a resumed study runs the rest)."""
     timeout_minutes: float | None = 30.0
-    """Stop starting trials after this long (a run, not the study); None: no limit."""
+    """How long this run (not the study) may search: no trial starts after it, and the one
+    training then stops at its next epoch with its best epoch so far; None: no limit."""
     storage: str | None = None
     """Optuna RDB URL of the study (postgresql://..., mysql+pymysql://... to share it between
     machines); None: SQLite at <run_dir>/tune/<name>/study.db."""
@@ -286,11 +290,14 @@ def run(cfg: TuneConfig, *, pruner: optuna.pruners.BasePruner | None = None) -> 
     start = _base_params(base.train, space)
     if start:  # the settings the search must beat are its first trial (once per study)
         study.enqueue_trial(start, user_attrs={"start": "base config"}, skip_if_exists=True)
+    deadline = (None if cfg.timeout_minutes is None
+                else time.monotonic() + cfg.timeout_minutes * 60)
 
     def objective(trial: optuna.Trial) -> float:
         params = {key: _suggest(trial, key, dist) for key, dist in space.items()}
         trial_cfg = dataclasses.replace(base, train=apply_params(base.train, params))
         pruned = None
+        recalls: list[float] = []
         with stage_run(f"trial-{trial.number}", trial_cfg, base.run_dir) as tracker:
             trial.set_user_attr("mlflow_run_id", tracker.run_id)
 
@@ -299,21 +306,26 @@ def run(cfg: TuneConfig, *, pruner: optuna.pruners.BasePruner | None = None) -> 
                     return  # per-step loss: not kept for every trial
                 tracker.log(metrics, step)
                 recall = _recall(metrics)
-                if recall is not None:
-                    trial.report(recall, step)
-                    if trial.should_prune():
-                        raise optuna.TrialPruned(f"recall {recall:.4f} at epoch {step}")
+                if recall is None:
+                    return
+                recalls.append(recall)
+                trial.report(recall, step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"recall {recall:.4f} at epoch {step}")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise _OutOfTime
 
             try:
-                result = fit(base.prepared_dir, trial_cfg.train, embeddings=embeddings,
-                             catalog=catalog, attributes=base.attributes,
-                             new_products=base.new_products, log=log, progress=False)
+                fit(base.prepared_dir, trial_cfg.train, embeddings=embeddings,
+                    catalog=catalog, attributes=base.attributes,
+                    new_products=base.new_products, log=log, progress=False)
             except optuna.TrialPruned as err:
                 pruned = err
+            except _OutOfTime:
+                trial.set_user_attr("stopped", f"timeout after epoch {len(recalls)}")
             mlflow.set_tag("optuna.state", "PRUNED" if pruned else "COMPLETE")
         if pruned is not None:
             raise pruned
-        recalls = [r for r in map(_recall, result.history) if r is not None]
         if not recalls:
             raise DataError("no validation users: tune scores trials on the valid split",
                             path=base.prepared_dir)
@@ -337,6 +349,10 @@ def run(cfg: TuneConfig, *, pruner: optuna.pruners.BasePruner | None = None) -> 
             mlflow.log_metric("best_value", summary["best_value"])
             mlflow.log_params({f"best.{k}": v for k, v in summary["best_params"].items()})
         return summary
+
+
+class _OutOfTime(Exception):
+    """Raised from a trial's epoch log when the run's time is up: the trial ends there."""
 
 
 def _study(cfg: TuneConfig, pruner: optuna.pruners.BasePruner | None) -> optuna.Study:

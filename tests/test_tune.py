@@ -180,6 +180,19 @@ def test_a_pruned_trial_is_recorded_pruned_and_the_search_goes_on(prepared, tmp_
 
 
 @pytest.mark.usefixtures("local_mlflow")
+def test_the_timeout_ends_the_running_trial_at_its_next_epoch_with_its_recall(prepared, tmp_path):
+    cfg = _config(tmp_path, prepared, timeout_minutes=1e-6)  # out of time from the start
+    summary = run(cfg)
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
+    [trial] = study.trials  # the first trial always starts; no other does
+    assert trial.state == TrialState.COMPLETE and cfg.base.train.epochs == 2
+    assert list(trial.intermediate_values) == [1]  # stopped after its first epoch
+    assert trial.value == trial.intermediate_values[1]
+    assert trial.user_attrs["stopped"] == "timeout after epoch 1"
+    assert summary["best_trial"] == 0 and (cfg.out_dir / "best.toml").is_file()
+
+
+@pytest.mark.usefixtures("local_mlflow")
 def test_a_search_without_a_complete_trial_writes_no_best_toml(prepared, tmp_path):
     cfg = _config(tmp_path, prepared, n_trials=1)
     summary = run(cfg, pruner=optuna.pruners.ThresholdPruner(lower=2.0))  # recall < 2: pruned
