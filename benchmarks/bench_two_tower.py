@@ -1,38 +1,41 @@
-"""Two-tower retrieval against popularity and EASE, with and without logQ, on one split.
+"""The two-tower model, default and tuned, against popularity, EASE and iALS, with 95% intervals.
 
-Side by side on the test users of one prepared split, every scorer ranking the full catalog
-with the user's training items masked (`twotower.evaluate`):
+Per data set, every scorer ranks the full catalog for the test users with their seen items
+masked (`twotower.evaluate`), and every figure comes with its 95% bootstrap interval over the
+test users; "vs EASE" is the paired difference on the same users with its own interval, and a
+difference whose interval holds 0 is printed as a tie.
 
+    ml-temporal      MovieLens latest-small (../shared/data), one global time cut; recall@20
+    ml-holdout       MovieLens latest-small, held-out users (Liang et al. 2018; each held-out
+                     user's earliest 80% is the fold-in); recall@20 and recall_capped@50
+    photo-shop       the synthetic shop whose products are Fashion-MNIST photos; recall@50 on
+                     all, warm and cold items
+    procedural-shop  the synthetic shop of procedural drawings (the demo's); the same columns
+
+Rows:
     popularity             training counts
-    EASE                   Steck 2019, closed form (λ = --ease-l2)
-    oracle P(i|u)          the shop's true choice probabilities over the test window (shop
-                           only): the best any model can do, and the exact optimum of the
-                           logQ-corrected loss
-    oracle P(i|u)/q(i)     the same over the training frequency q: the exact optimum of the
-                           uncorrected loss, so the two oracles show what logQ does to a
-                           perfect model
-    two-tower id-only      item-id embeddings (cold items share the unknown row)
-    two-tower image h      the frozen SimCLR h of every product, plus the item id (shop only)
-    two-tower attributes   the shop's true category and pattern of every product, plus the
-                           item id (shop only): what the item tower does with features that
-                           hold exactly what shoppers choose by, an upper reference for image h
+    EASE                   Steck 2019; λ picked on the validation users from a grid
+    iALS                   Hu et al. 2008 through `implicit`; regularization and alpha picked
+                           on the validation users from a grid (Rendle et al. 2022 tune both)
+    two-tower previous     the defaults before issue 14 (in-batch sampled softmax with logQ,
+                           d 64, hidden 128, id 32, τ 0.2, batch 1024, 20 history items, the
+                           user-id embedding on), which its table of the gap to EASE measured
+    two-tower sampled      today's defaults but the in-batch sampled softmax: the full
+                           softmax's share of the gain
+    two-tower default      `TrainConfig()` as shipped (val_k set to the data set's k)
+    two-tower tuned        the settings in benchmarks/tuned/<data>.toml, found by `twotower
+                           tune` on the validation users (`--tune MINUTES` searches again)
+    oracle P(i|u)          shops only: the shop's true choice probabilities over the test
+                           window, the best any model can do
+On the shops both two-tower models read the frozen SimCLR h of every product beside its id
+(the narrow ResNet, 15 epochs on the shop's images, as the demo).
 
-each two-tower model trained once with logQ ("counts": the exact in-batch q) and once without.
-Columns: recall@k overall, on warm items (seen in training), on tail items (warm items outside
-the most popular 20%) and on cold items (first seen after the test cut), cold over warm
-recall, and NDCG@k; "chance" is the recall of a uniformly random
-ranking of the unseen items.
+    python benchmarks/bench_two_tower.py                              # all four, CPU
+    python benchmarks/bench_two_tower.py --data ml-holdout --seed 1
+    python benchmarks/bench_two_tower.py --data ml-temporal --tune 30 # search, then measure
 
-    python benchmarks/bench_two_tower.py                           # the synthetic shop, CPU
-    python benchmarks/bench_two_tower.py --images fashion-mnist    # shop of Fashion-MNIST items
-    python benchmarks/bench_two_tower.py --data movielens --k 20   # ml-latest-small, temporal
-    python benchmarks/bench_two_tower.py --data movielens --protocol holdout_users --k 20 50
-
-The shop's image h comes from a short SimCLR pretraining of the narrow ResNet on the shop's own
-product images (`--simclr-epochs`). Those are procedural drawings by default; `--images
-fashion-mnist` makes the products Fashion-MNIST training images instead (their class is the
-category, and there is one pattern). Needs the installed project (polars, faiss,
-scikit-learn).
+Needs the installed project; MovieLens and Fashion-MNIST from ../shared/data (a data set
+whose files are absent is skipped, saying which file).
 """
 
 from __future__ import annotations
@@ -42,24 +45,40 @@ import dataclasses
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import tomli_w
 import torch
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_model
 from benchmarks.tables import print_tables
+from pipelines.cli import stage_argv
+from pipelines.config import parse_config
 from pipelines.make_shop import MakeShopConfig, build_shop
-from simclr_vision.evaluate import knn_accuracy
+from pipelines.train_two_tower import TrainTwoTowerConfig
+from pipelines.tune import TuneConfig
+from pipelines.tune import run as tune
 from simclr_vision.model import encode_images
 from simclr_vision.pretrain import PretrainConfig, pretrain
 from twotower.data import PrepareConfig, prepare, prepared_files
 from twotower.evaluate import (
     EASEScorer,
+    EvalQueries,
+    IALSConfig,
+    IALSScorer,
     PopularityScorer,
+    Scorer,
     VectorScorer,
     evaluate,
     load_queries,
@@ -68,195 +87,237 @@ from twotower.index import ItemIndex
 from twotower.synthetic import Shop, ShopConfig, ShopOracle
 from twotower.towers import TowerConfig
 from twotower.train import TrainConfig, fit, user_vectors_for
-from twotower.vectors import Vectors
+from twotower.vectors import read_vectors, write_vectors
 
-ORACLE = "oracle P(i|u) (logQ-on optimum)"
-ORACLE_OFF = "oracle P(i|u)/q(i) (logQ-off optimum)"
-MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
-
-
-def _test_window(prepared: Path, num_times: int = 8) -> np.ndarray:
-    """(num_times,) epoch seconds evenly spread from the first to the last test event."""
-    path = prepared_files(prepared, "test")["test"]
-    test = pd.read_parquet(path, columns=["timestamp"])["timestamp"]
-    seconds = test.to_numpy().astype("datetime64[s]").astype(np.int64)
-    return np.linspace(seconds.min(), seconds.max(), num_times).round().astype(np.int64)
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+TUNED = Path(__file__).resolve().parent / "tuned"
+EASE_L2 = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)
+IALS_GRID = [IALSConfig(factors=f, regularization=r, alpha=a)
+             for f in (64, 128) for r in (1.0, 10.0, 100.0) for a in (1.0, 10.0, 40.0)]
+PREVIOUS = TrainConfig(batch_size=1024, temperature=0.2, max_history=20, softmax="sampled",
+                       use_weights=False,
+                       tower=TowerConfig(dim=64, hidden_dim=128, id_dim=32, user_id=True))
+"""The training defaults before issue 14 (commit d3bf5ab, which read no `weight`)."""
 
 
-def _shop(root: Path, args: argparse.Namespace) -> tuple[Path, Vectors | None,
-                                                         pd.DataFrame | None, Shop | None]:
-    """Prepare the synthetic shop's log; pretrain SimCLR on its images and embed them."""
-    shop = build_shop(MakeShopConfig(images=args.images, data_dir=args.fashion_mnist,
-                                     shop=ShopConfig(seed=args.seed,
-                                                     zipf_exponent=args.zipf_exponent)))
-    shop.interactions.to_parquet(root / "log.parquet")
-    prepared = prepare(root / "log.parquet", root / "prepare",
-                       PrepareConfig(protocol=args.protocol, min_user_interactions=3,
-                                     min_item_interactions=1))
-    images = torch.from_numpy(shop.images)
-    start = time.perf_counter()
-    result = pretrain(images, PretrainConfig(
-        arch="resnet_narrow", image_size=images.shape[-1], epochs=args.simclr_epochs,
-        batch_size=256, knn_every=0, device=args.device))
-    h, _ = encode_images(result.model, images, size=images.shape[-1])
-    print(f"SimCLR: {args.simclr_epochs} epochs on {len(images):,} product images in "
-          f"{time.perf_counter() - start:.0f} s; h has {h.shape[1]} dimensions", flush=True)
-    bank = 3 * len(images) // 4  # what h knows: kNN (k=20) from the first 3/4 to the rest
-    attributes = [c for c in ("category", "pattern") if shop.catalog[c].nunique() > 1]
-    for name, features in (("raw pixels", images.flatten(1).float()), ("image h", h)):
-        found = []
-        for column in attributes:
-            y = torch.tensor(shop.catalog[column].to_numpy())
-            accuracy = knn_accuracy(features[:bank], y[:bank], features[bank:], y[bank:], k=20)
-            found.append(f"{column} {accuracy:.3f} ({int(y.max()) + 1} classes)")
-        print(f"  {name}: kNN accuracy of the {', '.join(found)}", flush=True)
-    return prepared, Vectors(ids=shop.catalog["item_id"].to_numpy().astype(str),
-                             vectors=h.numpy()), shop.catalog[["item_id", *attributes]], shop
+@dataclass
+class Dataset:
+    """One benchmark data set: how to prepare it and what to report."""
+
+    name: str
+    metrics: list[tuple[str, str, int]]
+    """(metric, slice, k) columns of its table."""
+    needs: Path
+    """A file that must exist (else the data set is skipped)."""
+    make: Callable[[Path, argparse.Namespace], Prepared]
 
 
-def _movielens(root: Path, args: argparse.Namespace) -> tuple[Path, None, None, None]:
-    ratings = MOVIELENS / "ratings.csv"
-    if not ratings.is_file():
-        sys.exit(f"MovieLens ratings {ratings} is absent")
-    prepared = prepare(ratings, root / "prepare", PrepareConfig(
-        protocol=args.protocol, columns={"userId": "user_id", "movieId": "item_id"}))
-    return prepared, None, None, None
+@dataclass
+class Prepared:
+    folder: Path
+    embeddings: Path | None = None
+    shop: Shop | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _movielens(protocol: str) -> Callable[[Path, argparse.Namespace], Prepared]:
+    def make(root: Path, args: argparse.Namespace) -> Prepared:
+        folder = prepare(SHARED / "ml-latest-small" / "ratings.csv", root / "prepare",
+                         PrepareConfig(protocol=protocol, seed=args.seed,
+                                       columns={"userId": "user_id", "movieId": "item_id"}))
+        return Prepared(folder)
+
+    return make
+
+
+def _shop(images: str) -> Callable[[Path, argparse.Namespace], Prepared]:
+    def make(root: Path, args: argparse.Namespace) -> Prepared:
+        shop = build_shop(MakeShopConfig(images=images, data_dir=str(SHARED / "fashion-mnist"),
+                                         shop=ShopConfig(seed=args.seed)))
+        shop.interactions.to_parquet(root / "log.parquet")
+        folder = prepare(root / "log.parquet", root / "prepare", PrepareConfig(
+            protocol="temporal", min_user_interactions=3, min_item_interactions=1))
+        pixels = torch.from_numpy(shop.images)
+        start = time.perf_counter()
+        result = pretrain(pixels, PretrainConfig(
+            arch="resnet_narrow", image_size=pixels.shape[-1], epochs=15, batch_size=256,
+            knn_every=0, device=args.device, seed=args.seed))
+        h, _ = encode_images(result.model, pixels, size=pixels.shape[-1])
+        embeddings = write_vectors(shop.catalog["item_id"].to_numpy().astype(str), h.numpy(),
+                                   root / "embeddings.parquet", {"model": "simclr"})
+        return Prepared(folder, embeddings, shop, [
+            f"SimCLR h: 15 epochs on {len(pixels):,} images in "
+            f"{time.perf_counter() - start:.0f} s"])
+
+    return make
+
+
+DATASETS = {
+    "ml-temporal": Dataset("ml-temporal", [("recall", "all", 20), ("ndcg", "all", 20)],
+                           SHARED / "ml-latest-small" / "ratings.csv", _movielens("temporal")),
+    "ml-holdout": Dataset("ml-holdout", [("recall", "all", 20), ("recall_capped", "all", 50)],
+                          SHARED / "ml-latest-small" / "ratings.csv",
+                          _movielens("holdout_users")),
+    "photo-shop": Dataset("photo-shop", [("recall", "all", 50), ("recall", "warm", 50),
+                                         ("recall", "cold", 50)],
+                          SHARED / "fashion-mnist" / "t10k-images-idx3-ubyte.gz",
+                          _shop("fashion-mnist")),
+    "procedural-shop": Dataset("procedural-shop", [("recall", "all", 50), ("recall", "warm", 50),
+                                                   ("recall", "cold", 50)],
+                               Path(__file__), _shop("procedural")),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", choices=("shop", "movielens"), default="shop")
-    parser.add_argument("--images", choices=("procedural", "fashion-mnist"),
-                        default="procedural", help="the shop's product images")
-    parser.add_argument("--fashion-mnist", default=None,
-                        help="Fashion-MNIST idx folder (default: ../shared/data/fashion-mnist)")
-    parser.add_argument("--protocol", default="temporal",
-                        choices=("temporal", "leave_last_out", "holdout_users"))
-    parser.add_argument("--k", type=int, nargs="+", default=[50], help="cut-offs of recall@k")
-    defaults = TrainConfig()
-    parser.add_argument("--epochs", type=int, default=defaults.epochs,
-                        help="two-tower epochs (at most: early stopping on validation)")
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--temperature", type=float, default=defaults.temperature)
-    parser.add_argument("--dim", type=int, default=defaults.tower.dim)
-    parser.add_argument("--max-history", type=int, default=defaults.max_history)
-    parser.add_argument("--id-dropout", type=float, default=defaults.tower.id_dropout,
-                        help="training probability of replacing an id by the unknown row")
-    parser.add_argument("--simclr-epochs", type=int, default=15)
-    parser.add_argument("--ease-l2", type=float, default=500.0)
+    parser.add_argument("--data", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the split or shop, SimCLR and every model")
+    parser.add_argument("--tune", type=float, default=None, metavar="MINUTES",
+                        help="search the two-tower settings this long first (twotower tune) "
+                             "and write benchmarks/tuned/<data>.toml")
+    parser.add_argument("--trials", type=int, default=60, help="most trials of --tune")
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--zipf-exponent", type=float, default=ShopConfig.zipf_exponent,
-                        help="the shop's popularity skew s, pop ~ rank^-s")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
 
-    print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"data {args.data} ({args.protocol})", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        prepared, images, catalog, shop = (_shop if args.data == "shop" else _movielens)(root, args)
-        queries = load_queries(prepared, "test")
-        holdout = args.protocol == "holdout_users"
-        tower = TowerConfig(dim=args.dim, user_id=not holdout, id_dropout=args.id_dropout)
-        base = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                           temperature=args.temperature, max_history=args.max_history,
-                           val_k=max(args.k), tower=tower, device=args.device, seed=args.seed)
-        scorers = {"popularity": PopularityScorer.from_queries(queries),
-                   "EASE": EASEScorer.from_prepared(prepared, l2=args.ease_l2)}
-        if shop is not None:
-            times = _test_window(prepared)
-            scorers[ORACLE] = ShopOracle(shop, times)
-            scorers[ORACLE_OFF] = ShopOracle(shop, times, divide_by_q=True)
-        variants = {"two-tower id-only": {}}  # name → fit's item inputs
-        if images is not None:
-            variants["two-tower image h"] = {"embeddings": images}
-            variants["two-tower attributes"] = {"catalog": catalog,
-                                                "attributes": tuple(catalog.columns[1:])}
-        seconds = {}
-        for name, inputs in variants.items():
-            for logq in ("none", "counts"):
-                label = f"{name}, logQ {'on' if logq == 'counts' else 'off'}"
-                start = time.perf_counter()
-                result = fit(prepared, dataclasses.replace(base, logq=logq), **inputs,
-                             progress=False)
-                seconds[label] = time.perf_counter() - start
-                print(f"{label}: {len(result.history)} epochs in {seconds[label]:.0f} s, "
-                      f"best epoch {result.best_epoch}", flush=True)
-                index = ItemIndex.build(result.model.item_vectors().numpy(), queries.item_ids,
-                                        "flat", device="cpu")
-                scorers[label] = VectorScorer(
-                    index=index, user_vectors=user_vectors_for(result.model, args.max_history))
-        table = evaluate(queries, scorers, ks=args.k)
-    _report(table, queries, args, seconds)
+    print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"seed {args.seed}", flush=True)
+    for name in args.data:
+        data = DATASETS[name]
+        if not data.needs.is_file():
+            print(f"\n{name}: skipped, {data.needs} is absent")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            _bench(data, Path(tmp), args)
 
 
-def _report(table: pd.DataFrame, queries, args: argparse.Namespace,
-            seconds: dict[str, float]) -> None:
-    def value(scorer: str, slice_name: str, metric: str, k: int) -> float | None:
-        rows = table[(table["scorer"] == scorer) & (table["slice"] == slice_name)
-                     & (table["metric"] == metric) & (table["k"] == k)]
-        return float(rows["value"].iloc[0]) if len(rows) else None
+def _bench(data: Dataset, root: Path, args: argparse.Namespace) -> None:
+    prepared = data.make(root, args)
+    k = max(k for _, _, k in data.metrics)
+    base = TrainTwoTowerConfig(
+        run_dir=str(root / "runs"), name=data.name.replace("-", "_"),
+        prepared=str(prepared.folder),
+        embeddings=None if prepared.embeddings is None else str(prepared.embeddings),
+        new_products=False, device=args.device,
+        train=TrainConfig(val_k=k, seed=args.seed, device=args.device))
+    tuned_file = TUNED / f"{data.name}.toml"
+    if args.tune is not None:
+        _search(base, tuned_file, args)
+    valid, test = (load_queries(prepared.folder, split) for split in ("valid", "test"))
+    scorers: dict[str, Scorer] = {"popularity": PopularityScorer.from_queries(test)}
+    l2 = _pick(EASE_L2, lambda lam: EASEScorer.from_prepared(prepared.folder, l2=lam), valid, k)
+    scorers["EASE"] = EASEScorer.from_prepared(prepared.folder, l2=l2)
+    ials = _pick(IALS_GRID, lambda c: IALSScorer.from_prepared(prepared.folder, config=c),
+                 valid, k)
+    scorers["iALS"] = IALSScorer.from_prepared(prepared.folder, config=ials)
+    notes = [*prepared.notes, f"EASE λ = {l2:g}; iALS factors {ials.factors}, regularization "
+             f"{ials.regularization:g}, alpha {ials.alpha:g} (picked on {len(valid)} validation "
+             f"users by recall@{k})"]
+    models = {
+        "two-tower previous": dataclasses.replace(PREVIOUS, val_k=k, seed=args.seed,
+                                                  device=args.device),
+        "two-tower sampled": dataclasses.replace(base.train, softmax="sampled"),
+        "two-tower default": base.train,
+    }
+    if tuned_file.is_file():
+        models["two-tower tuned"] = dataclasses.replace(
+            _tuned(tuned_file), val_k=k, seed=args.seed, device=args.device)
+    else:
+        notes.append(f"no {tuned_file.relative_to(TUNED.parents[1])}: run with --tune")
+    embeddings = read_vectors(prepared.embeddings) if prepared.embeddings else None
+    for label, train in models.items():
+        start = time.perf_counter()
+        result = fit(prepared.folder, train, embeddings=embeddings, progress=False)
+        notes.append(f"{label}: {len(result.history)} epochs in "
+                     f"{time.perf_counter() - start:.0f} s, best epoch {result.best_epoch}")
+        vectors = result.model.item_vectors().float().numpy()[:len(test.item_ids)]
+        scorers[label] = VectorScorer(
+            index=ItemIndex.build(vectors, test.item_ids, "flat", device="cpu"),
+            user_vectors=user_vectors_for(result.model, train.max_history))
+    if prepared.shop is not None:
+        scorers["oracle P(i|u)"] = ShopOracle(prepared.shop, _test_window(prepared.folder))
+    table = evaluate(test, scorers, ks=sorted({k for _, _, k in data.metrics}),
+                     n_boot=args.n_boot, seed=args.seed, reference="EASE")
+    _report(data, table, test, notes, args.markdown)
 
-    def cell(number: float | None, digits: int = 4) -> str:
-        return "-" if number is None else f"{number:.{digits}f}"
 
-    unseen = len(queries.item_ids) - np.mean([s.size for s in queries.seen])
-    metric = "recall_capped" if args.protocol == "holdout_users" else "recall"
-    has_cold = (table["slice"] == "cold").any()
+def _pick(grid, make, valid: EvalQueries, k: int):
+    """The grid point whose scorer has the best validation recall@k."""
+    def recall(point) -> float:
+        table = evaluate(valid, {"x": make(point)}, ks=(k,), n_boot=0)
+        return float(table.query("slice == 'all' and metric == 'recall'")["value"].iloc[0])
+
+    return max(grid, key=recall)
+
+
+def _search(base: TrainTwoTowerConfig, out: Path, args: argparse.Namespace) -> None:
+    """`twotower tune` on the validation users; the best settings → `out` (the train table
+    of a train_two_tower config file, which `twotower train_two_tower --config` reads)."""
+    start = time.perf_counter()
+    summary = tune(TuneConfig(base=base, n_trials=args.trials, timeout_minutes=args.tune,
+                              seed=args.seed))
+    best = tomllib.loads(Path(summary["files"]["best"]).read_text())
+    train = best["train_two_tower"]["train"]
+    for key in ("seed", "val_k"):  # the benchmark sets these per run
+        train.pop(key, None)
+    head = (f"# benchmarks/bench_two_tower.py --data {out.stem} --tune {args.tune:g}: "
+            f"{summary['trials']} in {(time.perf_counter() - start) / 60:.0f} min; best "
+            f"validation recall@{base.train.val_k} {summary['best_value']:.4f}\n")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(head + tomli_w.dumps({"train_two_tower": {"train": train}}))
+    print(f"tuned settings → {out}", flush=True)
+
+
+def _tuned(path: Path) -> TrainConfig:
+    """The TrainConfig of a train_two_tower config file."""
+    return parse_config(TrainTwoTowerConfig,
+                        stage_argv("train_two_tower", TrainTwoTowerConfig, path)).train
+
+
+def _test_window(prepared: Path, num_times: int = 8) -> np.ndarray:
+    """(num_times,) epoch seconds evenly spread from the first to the last test event."""
+    test = pd.read_parquet(prepared_files(prepared, "test")["test"], columns=["timestamp"])
+    seconds = test["timestamp"].to_numpy().astype("datetime64[s]").astype(np.int64)
+    return np.linspace(seconds.min(), seconds.max(), num_times).round().astype(np.int64)
+
+
+def _report(data: Dataset, table: pd.DataFrame, test: EvalQueries, notes: list[str],
+            markdown: bool) -> None:
+    def row_of(scorer: str, metric: str, slice_name: str, k: int) -> pd.Series | None:
+        rows = table[(table["scorer"] == scorer) & (table["metric"] == metric)
+                     & (table["slice"] == slice_name) & (table["k"] == k)]
+        return rows.iloc[0] if len(rows) else None
+
     header = ["scorer"]
-    for k in args.k:
-        header += [f"{metric}@{k}", f"warm {metric}@{k}", f"tail {metric}@{k}",
-                   f"cold {metric}@{k}", "cold / warm", f"ndcg@{k}"]
-    header.append("train s")
+    for metric, slice_name, k in data.metrics:
+        name = f"{metric}@{k}" if slice_name == "all" else f"{slice_name} {metric}@{k}"
+        header += [name, "vs EASE"]
     rows = [header]
     for scorer in pd.unique(table["scorer"]):
-        row = [scorer]
-        for k in args.k:
-            warm, cold = value(scorer, "warm", metric, k), value(scorer, "cold", metric, k)
-            ratio = cold / warm if cold is not None and warm else None
-            row += [cell(value(scorer, "all", metric, k)), cell(warm),
-                    cell(value(scorer, "tail", metric, k)), cell(cold), cell(ratio, 2),
-                    cell(value(scorer, "all", "ndcg", k))]
-        row.append(f"{seconds[scorer]:.0f}" if scorer in seconds else "-")
-        rows.append(row)
-    chance = ["chance (random ranking)"]
-    for k in args.k:
-        at = f"{k / unseen:.4f}"
-        chance += [at, at, at, at if has_cold else "-", "-", "-"]
-    rows.append([*chance, "-"])
-    users = {s: int(table[(table["slice"] == s)]["users"].max()) for s in ("all", "tail", "cold")
-             if (table["slice"] == s).any()}
-    print(f"\n{len(queries):,} test users ({users}), {len(queries.item_ids):,} items")
-    print_tables(rows, args.markdown)
-    if has_cold and "two-tower image h, logQ on" in seconds:
-        _targets(value, metric, max(args.k), max(args.k) / unseen)
+        cells = [scorer]
+        for metric, slice_name, k in data.metrics:
+            row = row_of(scorer, metric, slice_name, k)
+            if row is None:
+                cells += ["-", "-"]
+                continue
+            cells.append(f"{row['value']:.4f} [{row['low']:.4f}, {row['high']:.4f}]")
+            cells.append("-" if scorer == "EASE" else _versus(row))
+        rows.append(cells)
+    users = {s: int(table[table["slice"] == s]["users"].max())
+             for s in ("all", "warm", "cold") if (table["slice"] == s).any()}
+    print(f"\n{data.name}: {len(test):,} test users {users}, {len(test.item_ids):,} items")
+    for note in notes:
+        print(f"  {note}")
+    print_tables(rows, markdown)
 
 
-def _targets(value, metric: str, k: int, chance: float) -> None:
-    """The shop's targets (issue 6), each with its measured figure and HOLDS or FAILS; the
-    same claims at the exact optima (`ShopOracle`) say which a perfect model could meet."""
-    def line(claim: str, figure: str, holds: bool) -> None:
-        print(f"target: {claim}: {figure} -> {'HOLDS' if holds else 'FAILS'}")
-
-    popularity = value("popularity", "all", metric, k)
-    for name in ("two-tower image h, logQ on", ORACLE):
-        ratio = value(name, "all", metric, k) / popularity
-        line(f"{name} {metric}@{k} >= 2x popularity", f"{ratio:.2f}x", ratio >= 2)
-    pairs = {name: (f"two-tower {name}, logQ off", f"two-tower {name}, logQ on")
-             for name in ("id-only", "image h")}
-    pairs["the exact optima"] = (ORACLE_OFF, ORACLE)
-    for name, (off, on) in pairs.items():
-        off, on = value(off, "tail", metric, k), value(on, "tail", metric, k)
-        line(f"logQ raises tail {metric}@{k}, {name}", f"{off:.4f} -> {on:.4f}", on > off)
-    for name in ("two-tower image h, logQ off", "two-tower image h, logQ on", ORACLE):
-        warm, cold = (value(name, part, metric, k) for part in ("warm", "cold"))
-        line(f"{name} cold {metric}@{k} >= half of warm",
-             f"{cold:.4f} / {warm:.4f} = {cold / warm:.2f}", cold >= warm / 2)
-    cold = value("two-tower id-only, logQ on", "cold", metric, k)
-    line(f"id-only (logQ on) cold {metric}@{k} near chance (at most 2x)",
-         f"{cold:.4f} vs chance {chance:.4f}", cold <= 2 * chance)
+def _versus(row: pd.Series) -> str:
+    """The paired difference to EASE with its interval, and what it says."""
+    verdict = ("tie" if row["diff_low"] <= 0 <= row["diff_high"]
+               else "better" if row["diff_low"] > 0 else "worse")
+    return f"{row['diff']:+.4f} [{row['diff_low']:+.4f}, {row['diff_high']:+.4f}] {verdict}"
 
 
 if __name__ == "__main__":
