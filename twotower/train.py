@@ -17,9 +17,8 @@ both sides and minimises a softmax cross-entropy of the positive among the candi
 `softmax="auto"` (the default) is full up to `FULL_SOFTMAX_ITEMS` warm items, sampled above:
 on the photo shop the full softmax raised warm recall@50 from 0.341 to 0.382 over in-batch
 negatives (and lowered cold recall from 0.149 to 0.107); on ml-latest-small the two tie
-(benchmarks/README.md, bench_two_tower.py). Each row's loss is weighted by
-its `weight` column. The temperature is fixed or learned (as log τ). AdamW at a constant
-learning rate.
+(benchmarks/README.md, bench_two_tower.py). Each row's loss is weighted by its `weight`
+column. The temperature is fixed or learned (as log τ). AdamW at a constant learning rate.
 
 After every epoch the model ranks the full catalog for the validation users (training items
 masked, `twotower.evaluate`), logs recall@k, keeps the best epoch's weights and stops after
