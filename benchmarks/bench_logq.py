@@ -48,12 +48,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_model
+from benchmarks.shop import prepared_shop, test_window
 from benchmarks.tables import print_tables
-from pipelines.make_shop import MakeShopConfig, build_shop
 from simclr_vision.evaluate import knn_accuracy
-from simclr_vision.model import encode_images
-from simclr_vision.pretrain import PretrainConfig, pretrain
-from twotower.data import PrepareConfig, prepare, prepared_files
 from twotower.evaluate import (
     EASEScorer,
     PopularityScorer,
@@ -71,32 +68,15 @@ ORACLE = "oracle P(i|u) (logQ-on optimum)"
 ORACLE_OFF = "oracle P(i|u)/q(i) (logQ-off optimum)"
 
 
-def _test_window(prepared: Path, num_times: int = 8) -> np.ndarray:
-    """(num_times,) epoch seconds evenly spread from the first to the last test event."""
-    path = prepared_files(prepared, "test")["test"]
-    test = pd.read_parquet(path, columns=["timestamp"])["timestamp"]
-    seconds = test.to_numpy().astype("datetime64[s]").astype(np.int64)
-    return np.linspace(seconds.min(), seconds.max(), num_times).round().astype(np.int64)
-
-
 def _shop(root: Path, args: argparse.Namespace) -> tuple[Path, Vectors | None,
                                                          pd.DataFrame | None, Shop | None]:
     """Prepare the synthetic shop's log; pretrain SimCLR on its images and embed them."""
-    shop = build_shop(MakeShopConfig(images=args.images, data_dir=args.fashion_mnist,
-                                     shop=ShopConfig(seed=args.seed,
-                                                     zipf_exponent=args.zipf_exponent)))
-    shop.interactions.to_parquet(root / "log.parquet")
-    prepared = prepare(root / "log.parquet", root / "prepare",
-                       PrepareConfig(protocol="temporal", min_user_interactions=3,
-                                     min_item_interactions=1))
-    images = torch.from_numpy(shop.images)
-    start = time.perf_counter()
-    result = pretrain(images, PretrainConfig(
-        arch="resnet_narrow", image_size=images.shape[-1], epochs=args.simclr_epochs,
-        batch_size=256, knn_every=0, device=args.device))
-    h, _ = encode_images(result.model, images, size=images.shape[-1])
+    made = prepared_shop(root, args.images, args.fashion_mnist,
+                         ShopConfig(seed=args.seed, zipf_exponent=args.zipf_exponent),
+                         args.simclr_epochs, args.device, args.seed)
+    shop, prepared, h, images = made.shop, made.folder, made.h, torch.from_numpy(made.shop.images)
     print(f"SimCLR: {args.simclr_epochs} epochs on {len(images):,} product images in "
-          f"{time.perf_counter() - start:.0f} s; h has {h.shape[1]} dimensions", flush=True)
+          f"{made.simclr_seconds:.0f} s; h has {h.shape[1]} dimensions", flush=True)
     bank = 3 * len(images) // 4  # what h knows: kNN (k=20) from the first 3/4 to the rest
     attributes = [c for c in ("category", "pattern") if shop.catalog[c].nunique() > 1]
     for name, features in (("raw pixels", images.flatten(1).float()), ("image h", h)):
@@ -149,7 +129,7 @@ def main() -> None:
                            val_k=max(args.k), tower=tower, device=args.device, seed=args.seed)
         scorers = {"popularity": PopularityScorer.from_queries(queries),
                    "EASE": EASEScorer.from_prepared(prepared, l2=args.ease_l2)}
-        times = _test_window(prepared)
+        times = test_window(prepared)
         scorers[ORACLE] = ShopOracle(shop, times)
         scorers[ORACLE_OFF] = ShopOracle(shop, times, divide_by_q=True)
         variants = {  # name → fit's item inputs

@@ -49,7 +49,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import tomli_w
 import torch
@@ -62,16 +61,14 @@ else:  # pragma: no cover - Python 3.10
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_model
+from benchmarks.shop import prepared_shop, test_window
 from benchmarks.tables import print_tables
 from pipelines.cli import stage_argv
 from pipelines.config import parse_config
-from pipelines.make_shop import MakeShopConfig, build_shop
 from pipelines.train_two_tower import TrainTwoTowerConfig
 from pipelines.tune import TuneConfig
 from pipelines.tune import run as tune
-from simclr_vision.model import encode_images
-from simclr_vision.pretrain import PretrainConfig, pretrain
-from twotower.data import PrepareConfig, prepare, prepared_files
+from twotower.data import PrepareConfig, prepare
 from twotower.evaluate import (
     EASEScorer,
     EvalQueries,
@@ -132,22 +129,13 @@ def _movielens(protocol: str) -> Callable[[Path, argparse.Namespace], Prepared]:
 
 def _shop(images: str) -> Callable[[Path, argparse.Namespace], Prepared]:
     def make(root: Path, args: argparse.Namespace) -> Prepared:
-        shop = build_shop(MakeShopConfig(images=images, data_dir=str(SHARED / "fashion-mnist"),
-                                         shop=ShopConfig(seed=args.seed)))
-        shop.interactions.to_parquet(root / "log.parquet")
-        folder = prepare(root / "log.parquet", root / "prepare", PrepareConfig(
-            protocol="temporal", min_user_interactions=3, min_item_interactions=1))
-        pixels = torch.from_numpy(shop.images)
-        start = time.perf_counter()
-        result = pretrain(pixels, PretrainConfig(
-            arch="resnet_narrow", image_size=pixels.shape[-1], epochs=15, batch_size=256,
-            knn_every=0, device=args.device, seed=args.seed))
-        h, _ = encode_images(result.model, pixels, size=pixels.shape[-1])
-        embeddings = write_vectors(shop.catalog["item_id"].to_numpy().astype(str), h.numpy(),
-                                   root / "embeddings.parquet", {"model": "simclr"})
-        return Prepared(folder, embeddings, shop, [
-            f"SimCLR h: 15 epochs on {len(pixels):,} images in "
-            f"{time.perf_counter() - start:.0f} s"])
+        made = prepared_shop(root, images, str(SHARED / "fashion-mnist"),
+                             ShopConfig(seed=args.seed), 15, args.device, args.seed)
+        ids = made.shop.catalog["item_id"].to_numpy().astype(str)
+        embeddings = write_vectors(ids, made.h.numpy(), root / "embeddings.parquet",
+                                   {"model": "simclr"})
+        return Prepared(made.folder, embeddings, made.shop, [
+            f"SimCLR h: 15 epochs on {len(ids):,} images in {made.simclr_seconds:.0f} s"])
 
     return make
 
@@ -237,7 +225,7 @@ def _bench(data: Dataset, root: Path, args: argparse.Namespace) -> None:
             index=ItemIndex.build(vectors, test.item_ids, "flat", device="cpu"),
             user_vectors=user_vectors_for(result.model, train.max_history))
     if prepared.shop is not None:
-        scorers["oracle P(i|u)"] = ShopOracle(prepared.shop, _test_window(prepared.folder))
+        scorers["oracle P(i|u)"] = ShopOracle(prepared.shop, test_window(prepared.folder))
     table = evaluate(test, scorers, ks=sorted({k for _, _, k in data.metrics}),
                      n_boot=args.n_boot, seed=args.seed, reference="EASE")
     _report(data, table, test, notes, args.markdown)
@@ -274,13 +262,6 @@ def _tuned(path: Path) -> TrainConfig:
     """The TrainConfig of a train_two_tower config file."""
     return parse_config(TrainTwoTowerConfig,
                         stage_argv("train_two_tower", TrainTwoTowerConfig, path)).train
-
-
-def _test_window(prepared: Path, num_times: int = 8) -> np.ndarray:
-    """(num_times,) epoch seconds evenly spread from the first to the last test event."""
-    test = pd.read_parquet(prepared_files(prepared, "test")["test"], columns=["timestamp"])
-    seconds = test["timestamp"].to_numpy().astype("datetime64[s]").astype(np.int64)
-    return np.linspace(seconds.min(), seconds.max(), num_times).round().astype(np.int64)
 
 
 def _report(data: Dataset, table: pd.DataFrame, test: EvalQueries, notes: list[str],
