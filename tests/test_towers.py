@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from twotower.towers import PAD, ItemFeatures, TowerConfig, TwoTower, pad_histories
+from twotower.towers import PAD, ItemFeatures, TowerConfig, TwoTower, bounded, pad_histories
 
 ITEMS, U, H, L = 12, 7, 5, 4
 
@@ -55,7 +57,7 @@ def test_shapes_unit_norm_and_every_parameter_gets_a_gradient(name):
     config, which = VARIANTS[name]
     torch.manual_seed(0)
     model = TwoTower(np.ones(U, bool), _features(**which), config)
-    users, items = model(_batch())
+    users, items, _ = model(_batch())
     assert users.shape == items.shape == (6, config.dim)
     assert torch.allclose(users.norm(dim=1), torch.ones(6), atol=1e-5)
     assert torch.allclose(items.norm(dim=1), torch.ones(6), atol=1e-5)
@@ -78,10 +80,55 @@ def test_cold_items_and_unknown_users_share_the_unknown_rows():
     config = TowerConfig(dim=8, hidden_dim=16, id_dim=4)
     model = TwoTower(users_warm, _features(images=False, attributes=False), config).eval()
     cold_a, cold_b = model.item_tower(torch.tensor([ITEMS - 2, ITEMS - 1]))
-    assert torch.equal(cold_a, cold_b)  # no input but the unknown id: the same vector
+    assert torch.equal(cold_a, cold_b)  # no content: both get the unknown id row
     history = torch.full((3, L), PAD)
     a, b, c = model.user_tower(torch.tensor([3, -1, 0]), history)
     assert torch.equal(a, b) and not torch.allclose(a, c)  # cold user 3 = an unknown user
+
+
+def test_a_cold_item_gets_its_vector_from_its_content_alone():
+    torch.manual_seed(0)
+    model = TwoTower(np.ones(U, bool), _features(), VARIANTS["everything"][0]).eval()
+    cold = torch.tensor([ITEMS - 2, ITEMS - 1])  # no interactions, so no id row of their own
+    before = model.item_tower(cold)
+    assert torch.allclose(before, model.item_tower.content(cold), atol=1e-6)
+    assert not torch.allclose(before[0], before[1])  # different images, different vectors
+    with torch.no_grad():
+        model.item_tower.ids.weight.normal_()  # every id row, the unknown one included
+    assert torch.equal(model.item_tower(cold), before)
+    warm = torch.tensor([1, 2])
+    assert not torch.allclose(model.item_tower(warm), model.item_tower.content(warm))
+
+
+def test_warm_vectors_are_the_content_plus_the_id_residual_and_content_ignores_ids():
+    torch.manual_seed(0)
+    model = TwoTower(np.ones(U, bool), _features(), VARIANTS["everything"][0]).eval()
+    tower, items = model.item_tower, torch.arange(ITEMS - 2)
+    full, content = tower.both(items)
+    raw = tower.content_head(tower.content_mlp(torch.cat(tower._content_inputs(items), dim=-1)))
+    unit = torch.nn.functional.normalize(raw)
+    residual = tower.id_head(tower.id_mlp(tower.ids.weight[items + 1]))
+    length = residual.norm(dim=1, keepdim=True)
+    expected = torch.nn.functional.normalize(unit + torch.tanh(length) * residual / length)
+    assert torch.allclose(full, expected, atol=1e-6)
+    assert torch.allclose(content, unit, atol=1e-6)
+    assert ((full * content).sum(dim=1) > math.cos(math.pi / 4)).all()  # within 45°
+    assert model(_batch())[2] is not None
+    ids_only = TwoTower(np.ones(U, bool), _features(images=False, attributes=False),
+                        VARIANTS["ids only"][0])
+    assert ids_only(_batch())[2] is None  # nothing to train a content path on
+    image_only = TwoTower(np.ones(U, bool), _features(), VARIANTS[
+        "image only, no user id, linear head"][0])
+    assert image_only(_batch())[2] is None  # its item vectors are the content vectors
+
+
+def test_bounded_keeps_the_direction_and_a_length_below_one():
+    x = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1e-3, 0.0], [0.0, -2.0]])
+    out = bounded(x)
+    lengths = out.norm(dim=1)
+    assert torch.allclose(lengths, torch.tanh(x.norm(dim=1)))
+    assert (lengths < 1).all() and torch.equal(out[1], torch.zeros(2))
+    assert torch.allclose(out[0] / lengths[0], x[0] / 5.0)
 
 
 def test_id_dropout_acts_in_training_only():

@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import twotower.train as train_module
+from twotower.contrastive import catalog_softmax
 from twotower.data import PrepareConfig, prepare
 from twotower.evaluate import load_queries
 from twotower.frequency import log_q_from_counts
@@ -191,6 +192,8 @@ def test_bad_configs_are_refused():
         TrainConfig(temperature=0)
     with pytest.raises(ValueError, match="batch_size must be ≥ 1"):
         TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="content_loss must be"):
+        TrainConfig(content_loss=-1.0)
 
 
 def test_exported_vectors_match_the_model(shop_dir, tmp_path):
@@ -362,3 +365,38 @@ def test_auto_softmax_is_full_up_to_the_size_limit(shop_dir, monkeypatch):
     spy, sampled = _CatalogSpy(monkeypatch), _Spy(monkeypatch)
     fit(shop_dir / "prepare", auto, progress=False)
     assert sampled.calls and not spy.calls
+
+
+def test_the_content_loss_adds_the_softmax_of_the_content_only_vectors(shop_dir, monkeypatch):
+    spy, logged = _CatalogSpy(monkeypatch), []
+    cfg = dataclasses.replace(FULL, epochs=1, content_loss=0.5, use_weights=False)
+    fit(shop_dir / "prepare", cfg, embeddings=_images(shop_dir), progress=False,
+        log=lambda m, s: logged.append(m["loss"]) if "loss" in m else None)
+    steps = len(load_training(shop_dir / "prepare")) // 64
+    assert len(spy.calls) == 2 * steps  # per step: the full vectors, then the content-only ones
+    full, content = spy.calls[0], spy.calls[1]
+    assert torch.equal(full["positives"], content["positives"])
+    assert torch.equal(full["queries"], content["queries"])
+    assert not torch.allclose(full["catalog"], content["catalog"])
+
+    per_row = [catalog_softmax(c["queries"].detach(), c["catalog"].detach(), c["positives"],
+                               **{k: v for k, v in c.items()
+                                  if k not in ("queries", "catalog", "positives")})
+               for c in (full, content)]
+    assert logged[0] == pytest.approx((per_row[0] + 0.5 * per_row[1]).mean().item(), rel=1e-5)
+
+
+def test_without_content_inputs_or_weight_there_is_one_loss_term(shop_dir, monkeypatch):
+    steps = len(load_training(shop_dir / "prepare")) // 64
+    spy = _CatalogSpy(monkeypatch)
+    fit(shop_dir / "prepare", dataclasses.replace(FULL, epochs=1), progress=False)  # id-only
+    assert len(spy.calls) == steps
+    spy = _CatalogSpy(monkeypatch)
+    fit(shop_dir / "prepare", dataclasses.replace(FULL, epochs=1, content_loss=0.0),
+        embeddings=_images(shop_dir), progress=False)
+    assert len(spy.calls) == steps
+    sampled = _Spy(monkeypatch)
+    fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=1), embeddings=_images(shop_dir),
+        progress=False)
+    assert len(sampled.calls) == 2 * steps
+    assert torch.equal(sampled.calls[0]["log_q"], sampled.calls[1]["log_q"])

@@ -2,29 +2,45 @@
 
 Item tower (one row per prepared item, `item_index` 0..I-1):
 
-    features(i) = [ id_emb(i or unknown) | W_img · h_i | attr_emb(a_i,1) | … ]     (F,)
-    item(i)     = normalize(head(mlp(features(i))))                                  (d,)
+    content(i)  = normalize(head_c(mlp_c([ W_img · h_i | attr_emb(a_i,1) | … ])))     (d,)
+    id(i)       = bounded(head_id(mlp_id(id_emb(i))))                 |id(i)| < 1       (d,)
+    item(i)     = normalize(content(i) + id(i))   for a warm item
+                = content(i)                      for a cold one
 
-- the id embedding is optional; items without training interactions (cold) share one
-  *unknown* row, and in training each id is replaced by it with probability `id_dropout`, so
-  the tower learns to place an item from its image and attributes alone (user ids likewise);
-- h_i is the frozen SimCLR image embedding (a buffer, never trained), through a learned
-  linear projection; items without an embedding get zeros there;
-- categorical attributes (category, brand, …) each get an embedding table.
+- the content path reads what every product has from the day it is listed: the frozen
+  SimCLR image embedding h_i (a buffer, never trained, through a learned projection; zeros
+  for items without one) and categorical attributes (category, brand, …);
+- the id path adds a per-item residual after the content projection, so a warm product keeps
+  what its interactions say (its popularity, above all) and a cold one, which has no id,
+  gets its content vector. `bounded` keeps the residual shorter than the unit content
+  vector, so a warm item's vector stays within 45° of its content vector: the content-only
+  vectors are then on the same scale as the full ones, and the ranking of a cold product
+  against warm ones does not depend on where training happened to leave each path. This is
+  Heater's constraint that the content and collaborative representations of an item stay
+  similar (Zhu et al. 2020, "Recommendation for New Users and New Items via Randomized
+  Training and Mixture-of-Experts Transformation"), as a hard bound;
+- in training each id is dropped with probability `id_dropout` (Volkovs et al. 2017,
+  "DropoutNet: Addressing Cold Start in Recommender Systems"), and
+  `train.TrainConfig.content_loss` also trains content(i) on every row on its own, so the
+  content path is never starved by the id path;
+- an id-only model has no content path: its item vector is normalize(head_id(mlp_id(id_emb)))
+  and every cold item shares the unknown id row.
 
 User tower:
 
+    features(i) = [ id_emb(i or unknown) | W_img · h_i | attr_emb(a_i,1) | … ]       (F,)
     pool(u)  = [ mean_l features(hist_l) | Σ_l w_l features(hist_l) / Σ_l w_l ]      (2F,)
     user(u)  = normalize(head(mlp([ id_emb(u or unknown) | pool(u) | attr_emb(b_u) ])))
 
 with w_l = decay^(age of item l, 0 for the newest): the recency-weighted mean; users without
-training rows share the unknown id row. The history
+training rows share the unknown id row, and so do history items without one. The history
 reads the item tower's `features`, so the two towers share the item embeddings, as in Covington
 et al. 2016 ("Deep Neural Networks for YouTube Recommendations") and Yi et al. 2019. The user-id
 embedding is optional (off for `holdout_users`, whose test users were never trained on).
 
-`TwoTower.forward(batch) -> (user_vectors, item_vectors)`, each (B, d) and unit-norm, is what
-`info_nce` consumes: row i of the item vectors is user i's positive.
+`TwoTower.forward(batch) -> (user_vectors, item_vectors, content_vectors)`, each (B, d) and
+unit-norm (content_vectors None unless the item tower has both paths), is what `info_nce`
+consumes: row i of the item vectors is user i's positive.
 """
 
 from __future__ import annotations
@@ -40,7 +56,7 @@ from torch import Tensor, nn
 from twotower.heads import HeadKind, ProjectionHead
 
 __all__ = ["PAD", "ItemFeatures", "ItemTower", "TowerConfig", "TwoTower", "UserTower",
-           "pad_histories"]
+           "bounded", "pad_histories"]
 
 PAD = -1
 """Padding value of `history` rows: no item."""
@@ -63,7 +79,8 @@ class TowerConfig:
     attribute_dim: int = 8
     """Size of each categorical attribute's embedding."""
     item_id: bool = True
-    """Give the item tower an item-id embedding (cold items share the unknown row)."""
+    """Give the item tower an item-id embedding: a residual on warm items' vectors, and the
+    history's id features (cold items share the unknown row there)."""
     user_id: bool | None = None
     """Give the user tower a user-id embedding; None: `fit` turns it off on a holdout_users
     split, whose evaluation users were never trained on (it reads the prepared folder's
@@ -130,65 +147,104 @@ def _id_rows(index: Tensor, warm: Tensor, dropout: float, training: bool) -> Ten
     return rows
 
 
+def bounded(x: Tensor) -> Tensor:
+    """Rows of x (..., d) scaled to length tanh(|x|) < 1, direction kept: a residual that can
+    never outweigh the unit vector it is added to."""
+    norm = x.norm(dim=-1, keepdim=True)
+    return x * (torch.tanh(norm) / norm.clamp_min(1e-12))
+
+
 def _mlp(in_dim: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
                          nn.ReLU())
 
 
 class ItemTower(nn.Module):
-    """Item index (B,) → unit item vectors (B, d); `features` is what user histories pool."""
+    """Item index (B,) → unit item vectors (B, d); `content` gives them without the id, and
+    `features` is what user histories pool."""
 
     def __init__(self, items: ItemFeatures, config: TowerConfig) -> None:
         super().__init__()
         self.config = config
         n = len(items)
-        width = 0
         self.register_buffer("warm", torch.from_numpy(np.asarray(items.warm, bool)))
-        self.ids = None
+        self.ids = self.id_mlp = self.id_head = None
         if config.item_id:
             self.ids = nn.Embedding(n + 1, config.id_dim)  # row 0: the unknown item
-            width += config.id_dim
+            self.id_mlp = _mlp(config.id_dim, config.hidden_dim)
+            self.id_head = ProjectionHead(config.hidden_dim, config.dim, kind=config.head)
+        content_width = 0
         self.image_projection = None
         if items.images is not None:
             self.register_buffer("images", torch.from_numpy(
                 np.ascontiguousarray(items.images, np.float32)))
             self.register_buffer("has_image", torch.from_numpy(np.asarray(items.has_image)))
             self.image_projection = nn.Linear(items.images.shape[1], config.image_dim)
-            width += config.image_dim
+            content_width += config.image_dim
         self.attribute_names = list(items.attributes)
         for name, codes in items.attributes.items():
             self.register_buffer(f"attr_{name}", torch.from_numpy(codes.astype(np.int64)))
         self.attributes = nn.ModuleList(
             nn.Embedding(int(codes.max(initial=0)) + 1, config.attribute_dim)
             for codes in items.attributes.values())
-        width += config.attribute_dim * len(self.attributes)
-        if width == 0:
+        content_width += config.attribute_dim * len(self.attributes)
+        if content_width == 0 and self.ids is None:
             raise ValueError("the item tower has no input: enable item_id or give image "
                              "embeddings or attributes")
-        self.feature_dim = width
-        self.mlp = _mlp(width, config.hidden_dim)
-        self.head = ProjectionHead(config.hidden_dim, config.dim, kind=config.head)
+        self.has_content = content_width > 0
+        self.feature_dim = content_width + (config.id_dim if self.ids is not None else 0)
+        self.content_mlp = self.content_head = None
+        if self.has_content:
+            self.content_mlp = _mlp(content_width, config.hidden_dim)
+            self.content_head = ProjectionHead(config.hidden_dim, config.dim, kind=config.head)
 
-    def features(self, items: Tensor) -> Tensor:
-        """(...,) item indices → (..., F) input features (ids, projected image h, attributes)."""
+    def _content_inputs(self, items: Tensor) -> list[Tensor]:
+        """(...,) item indices → the projected image h and attribute embeddings."""
         parts = []
-        if self.ids is not None:
-            parts.append(self.ids(_id_rows(items, self.warm, self.config.id_dropout,
-                                           self.training)))
         if self.image_projection is not None:
             projected = self.image_projection(self.images[items])
             parts.append(projected * self.has_image[items].unsqueeze(-1))
         for name, table in zip(self.attribute_names, self.attributes, strict=True):
             parts.append(table(getattr(self, f"attr_{name}")[items]))
+        return parts
+
+    def features(self, items: Tensor) -> Tensor:
+        """(...,) item indices → (..., F) input features (ids, projected image h, attributes)."""
+        parts = self._content_inputs(items)
+        if self.ids is not None:
+            parts.insert(0, self.ids(_id_rows(items, self.warm, self.config.id_dropout,
+                                              self.training)))
         return torch.cat(parts, dim=-1)
 
-    def encode(self, features: Tensor) -> Tensor:
-        """(B, F) features → (B, d) unit vectors."""
-        return F.normalize(self.head(self.mlp(features)), dim=-1)
+    def _content(self, items: Tensor) -> Tensor:
+        """(B,) → (B, d) content vectors, before normalisation."""
+        return self.content_head(self.content_mlp(torch.cat(self._content_inputs(items), -1)))
+
+    def _id(self, rows: Tensor) -> Tensor:
+        """(B,) id embedding rows → (B, d) id vectors, before normalisation."""
+        return self.id_head(self.id_mlp(self.ids(rows)))
+
+    def content(self, items: Tensor) -> Tensor:
+        """(B,) item indices → (B, d) unit vectors from content alone: a cold item's vector."""
+        return F.normalize(self._content(items), dim=-1)
+
+    def both(self, items: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(B,) → (item vectors, content vectors), unit-norm, sharing one pass of the content
+        path; the content vectors are None unless the tower has both paths (without an id
+        they are the item vectors)."""
+        rows = (_id_rows(items, self.warm, self.config.id_dropout, self.training)
+                if self.ids is not None else None)
+        if not self.has_content:  # id-only: a cold or dropped id is the unknown row
+            return F.normalize(self._id(rows), dim=-1), None
+        content = F.normalize(self._content(items), dim=-1)
+        if rows is None:
+            return content, None
+        residual = bounded(self._id(rows)) * (rows > 0).unsqueeze(-1)
+        return F.normalize(content + residual, dim=-1), content
 
     def forward(self, items: Tensor) -> Tensor:
         """(B,) item indices → (B, d) unit item vectors."""
-        return self.encode(self.features(items))
+        return self.both(items)[0]
 
 
 class UserTower(nn.Module):
@@ -265,10 +321,12 @@ class TwoTower(nn.Module):
         self.item_tower = ItemTower(items, self.config)
         self.user_tower = UserTower(users_warm, self.item_tower, self.config, user_attributes)
 
-    def forward(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """→ (user_vectors (B, d), item_vectors (B, d)), both unit-norm."""
+    def forward(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """→ (user_vectors, item_vectors, content_vectors), each (B, d) unit-norm; the
+        content vectors (the items without their ids) are None unless the item tower has both
+        an id and content inputs."""
         users = self.user_tower(batch["user_index"], batch["history"])
-        return users, self.item_tower(batch["item_index"])
+        return users, *self.item_tower.both(batch["item_index"])
 
     @torch.no_grad()
     def item_vectors(self, batch_size: int = 8192) -> Tensor:

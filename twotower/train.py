@@ -107,6 +107,11 @@ class TrainConfig:
     likelihood; logq and mixed_negatives do not apply); sampled: the batch's other positives
     (and mixed_negatives) with the logQ correction; auto: full up to FULL_SOFTMAX_ITEMS warm
     items, sampled above."""
+    content_loss: float = 1.0
+    """Weight of a second loss term, the same softmax with every item's content-only vector
+    (image h and attributes, no id: what a cold product gets) in place of its full one; 0
+    trains the full vectors only, as DropoutNet does (`twotower.towers`). Ignored without
+    content inputs."""
     use_weights: bool = True
     """Weigh each training row's loss by its `weight` (the log's, times event weights: a
     purchase may count more than a view); False: every row counts once."""
@@ -135,6 +140,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "max_history", "val_k", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not 0 <= self.content_loss < math.inf:
+            raise ValueError(f"content_loss must be finite and ≥ 0, got {self.content_loss}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.softmax not in ("auto", "full", "sampled"):
@@ -376,23 +383,22 @@ def _loss(
     (full softmax) or the gathered positives and extras (info_nce)."""
     items = torch.as_tensor(rows.item[picked], device=device)  # (b,)
     if warm_items is not None:  # the full softmax
-        users, catalog = net({
+        users, catalog, content = net({
             "user_index": torch.as_tensor(rows.user[picked], device=device),
             "history": torch.as_tensor(history, device=device),
             "item_index": warm_items,
         })
         positives = torch.searchsorted(warm_items, items)  # column of each positive
-        return catalog_softmax(users.float(), catalog.float(), positives,
-                               temperature=log_tau.exp(), normalize=False,
-                               chunk_size=cfg.chunk_size, reduction="none")
+        return _with_content(cfg, catalog, content, lambda vectors: catalog_softmax(
+            users.float(), vectors.float(), positives, temperature=log_tau.exp(),
+            normalize=False, chunk_size=cfg.chunk_size, reduction="none"))
     candidates = items if extra is None else torch.cat(
         [items, torch.as_tensor(extra, device=device)])  # (b + M,): one item-tower pass
-    users, item_vectors = net({
+    users, item_vectors, content = net({
         "user_index": torch.as_tensor(rows.user[picked], device=device),
         "history": torch.as_tensor(history, device=device),
         "item_index": candidates,
     })
-    positives, extras = item_vectors[:len(items)], item_vectors[len(items):]
     log_q = None
     if counts_log_q is not None:
         log_q = counts_log_q[items]
@@ -407,13 +413,24 @@ def _loss(
             draws * math.log1p(-1.0 / rows.num_items))) if rows.num_items > 1 else 0.0,
             device=device)
     hits = cfg.mask_accidental_hits
-    return info_nce(
-        users.float(), positives.float(), temperature=log_tau.exp(),
+    return _with_content(cfg, item_vectors, content, lambda vectors: info_nce(
+        users.float(), vectors[:len(items)].float(), temperature=log_tau.exp(),
         log_q=log_q, candidate_ids=items if hits else None,
-        extra_candidates=None if extra is None else extras.float(), extra_log_q=extra_log_q,
+        extra_candidates=None if extra is None else vectors[len(items):].float(),
+        extra_log_q=extra_log_q,
         extra_candidate_ids=(candidates[len(items):] if hits and extra is not None else None),
         normalize=False, chunk_size=cfg.chunk_size, reduction="none",
-    )
+    ))
+
+
+def _with_content(cfg: TrainConfig, items: Tensor, content: Tensor | None,
+                  loss: Callable[[Tensor], Tensor]) -> Tensor:
+    """Per-row loss of the item vectors, plus `content_loss` times that of the content-only
+    vectors (when the tower has content inputs)."""
+    total = loss(items)
+    if content is not None and cfg.content_loss > 0:
+        total = total + cfg.content_loss * loss(content)
+    return total
 
 
 def _mean_over_ranks(values: Tensor) -> list[float]:
