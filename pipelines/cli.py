@@ -40,6 +40,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "prepare": ("pipelines.prepare", "PrepareStage"),
     "pretrain_vision": ("pipelines.pretrain_vision", "PretrainVisionConfig"),
     "embed_catalog": ("pipelines.embed_catalog", "EmbedCatalogConfig"),
+    "probe_vision": ("pipelines.probe_vision", "ProbeVisionConfig"),
     "train_two_tower": ("pipelines.train_two_tower", "TrainTwoTowerConfig"),
     "build_index": ("pipelines.build_index", "BuildIndexConfig"),
     "evaluate_retrieval": ("pipelines.evaluate_retrieval", "EvaluateRetrievalConfig"),

@@ -1,24 +1,29 @@
 """The end-to-end demo: product retrieval without labels, on a shop the project makes itself.
 
     python -m pipelines.demo --run-dir runs/demo
-    python -m pipelines.demo --catalog fashion-mnist --data-dir ../shared/data/fashion-mnist
+    python -m pipelines.demo --catalog procedural --run-dir runs/procedural
+    python -m pipelines.demo --data-dir ../shared/data/fashion-mnist --run-dir runs/fashion_mnist
 
 Stages, each in `<run_dir>/<stage>/` and each a nested MLflow run under one `demo` run:
 
     make_shop           the synthetic shop: product images, shoppers and their interaction log
     pretrain_vision     SimCLR on the product images (narrow ResNet), no labels
     embed_catalog       the frozen image embedding h of every product
+    probe_vision        what h knows: kNN accuracy on the products' categories (the one place
+                        labels are read), beside raw pixels and a random encoder
     prepare             the log → temporal train / valid / test split
     train_two_tower     two models: id_only (item ids) and image (item ids + image h)
     build_index         a FAISS index of each model's item vectors
     evaluate_retrieval  both models beside popularity, EASE and image-kNN on the test users
     figures             products beside their image-h neighbours; users' histories beside
-                        what the image model retrieves for them
+                        what the image model retrieves for them; cold products beside the
+                        users they were retrieved for
 
-It ends by printing the results table; `<run_dir>/evaluate_retrieval/` holds `report.md` and
-the recall@k and NDCG@k plots, `<run_dir>/figures/` the two galleries. Run it again and every
-finished stage is skipped; stop it and run it again and it resumes the stage it was in
-(`pipelines.stages`).
+It ends by printing the probe, the results table and the cold-start table (warm and cold
+recall with 95% bootstrap intervals over test users); `<run_dir>/evaluate_retrieval/` holds
+`report.md` and the recall@k and NDCG@k plots, `<run_dir>/figures/` the three galleries.
+Run it again and every finished stage is skipped; stop it and run it again and it resumes
+the stage it was in (`pipelines.stages`).
 """
 
 from __future__ import annotations
@@ -37,10 +42,11 @@ from pipelines import (
     make_shop,
     prepare,
     pretrain_vision,
+    probe_vision,
     train_two_tower,
 )
 from pipelines.config import parse_config
-from pipelines.report import headline, markdown
+from pipelines.report import cold_start, headline, markdown
 from pipelines.stages import Stages
 from pipelines.tracking import stage_run
 from simclr_vision.pretrain import PretrainConfig
@@ -60,10 +66,12 @@ class DemoConfig:
 
     run_dir: str = "runs/demo"
     """Folder of every stage's outputs and of the MLflow store (mlflow.db)."""
-    catalog: Literal["synthetic", "fashion-mnist"] = "synthetic"
-    """The products' images: procedural drawings, or real Fashion-MNIST images."""
+    catalog: Literal["fashion-mnist", "procedural"] = "fashion-mnist"
+    """The products' images: Fashion-MNIST product photos, or procedural drawings (on which
+    SimCLR learns colour rather than shape: contrastive feature suppression)."""
     data_dir: str | None = None
-    """Fashion-MNIST idx folder for --catalog fashion-mnist; None: ../shared/data/fashion-mnist."""
+    """Fashion-MNIST idx folder whose training split the products are drawn from; None: the
+    10,000 test photos shipped with the package."""
     device: str = "auto"
     """cpu, cuda, or auto (cuda when available), for every stage."""
     ks: tuple[int, ...] = (10, 20, 50, 100)
@@ -73,7 +81,7 @@ class DemoConfig:
     shop: ShopConfig = field(default_factory=ShopConfig)
     """The synthetic shop's catalog, shoppers and log."""
     pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
-        arch="resnet_narrow", epochs=15, batch_size=256, knn_every=0))
+        arch="resnet_narrow", image_size=28, epochs=15, batch_size=256, knn_every=0))
     """SimCLR pretraining; the narrow ResNet trains in about two minutes on two CPU cores."""
     data: PrepareConfig = field(default_factory=lambda: PrepareConfig(
         protocol="temporal", min_user_interactions=3, min_item_interactions=1))
@@ -86,8 +94,8 @@ class DemoConfig:
                            ("data", PrepareConfig), ("train", TrainConfig)):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, kind(**getattr(self, name)))
-        if self.catalog not in ("synthetic", "fashion-mnist"):
-            raise ValueError(f"catalog must be synthetic or fashion-mnist, got {self.catalog!r}")
+        if self.catalog not in ("fashion-mnist", "procedural"):
+            raise ValueError(f"catalog must be fashion-mnist or procedural, got {self.catalog!r}")
         if self.report_k not in self.ks:
             raise ValueError(f"report_k {self.report_k} must be one of ks {list(self.ks)}")
 
@@ -99,7 +107,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     with stage_run("demo", cfg, run_dir) as parent:
         shop = stages("make_shop", run_dir / make_shop.STAGE, make_shop.MakeShopConfig(
             run_dir=cfg.run_dir, data_dir=cfg.data_dir, shop=cfg.shop,
-            images="procedural" if cfg.catalog == "synthetic" else "fashion-mnist"),
+            images=cfg.catalog),
             make_shop.run)
         pretrained = stages(
             "pretrain_vision", run_dir / pretrain_vision.STAGE,
@@ -111,6 +119,11 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                               catalog=shop["catalog"], run_dir=cfg.run_dir,
                               checkpoint=pretrained["checkpoint"], device=cfg.device),
                           embed_catalog.run)
+        probed = stages("probe_vision", run_dir / probe_vision.STAGE,
+                        probe_vision.ProbeVisionConfig(
+                            catalog=shop["catalog"], embeddings=embedded["embeddings"],
+                            run_dir=cfg.run_dir, device=cfg.device),
+                        probe_vision.run)
         prepared = stages("prepare", run_dir / "prepare", prepare.PrepareStage(
             source=shop["interactions"], run_dir=cfg.run_dir, data=cfg.data), prepare.run)
         indexes, user_vectors = {}, {}
@@ -147,6 +160,9 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                     for column, value in row.items() if pd.notna(value)}, step=0)
         parent.artifact(evaluated["report"], folder="report")
     return {"ran": stages.ran, "skipped": stages.skipped, "report": evaluated["report"],
+            "probe": {name.removeprefix("knn_"): value for name, value in probed.items()
+                      if name.startswith("knn_")},
+            "cold_start": cold_start(table, cfg.report_k),
             "plots": [*(str(Path(evaluated["report"]).with_name(f"{m}_at_k.png"))
                         for m in ("recall", "ndcg")), *drawn.values()],
             "results": results}
@@ -158,8 +174,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = run(cfg)
     print(f"\nstages run: {', '.join(out['ran']) or 'none'}; "
           f"skipped (already done): {', '.join(out['skipped']) or 'none'}")
+    probe = out["probe"]
+    print(f"\nWhat the image embedding h knows: kNN accuracy on the products' categories "
+          f"{probe['h']:.1%} (raw pixels {probe['pixels']:.1%}, the same encoder untrained "
+          f"{probe['random_encoder']:.1%})")
     print(f"\nTest users, recall and NDCG at k = {cfg.report_k} (report: {out['report']}):\n")
     print(markdown(out["results"]))
+    print(f"\nCold start: recall@{cfg.report_k} on products sold before the split (warm) and "
+          "after it (cold), 95% bootstrap intervals over test users:\n")
+    print(markdown(out["cold_start"]))
     print("\nplots:\n" + "\n".join(f"  {path}" for path in out["plots"]))
     return out
 

@@ -12,6 +12,9 @@ Writes `<run_dir>/figures/`:
                           frozen image embedding h (cosine), nearest first
     user_retrievals.png   for a few test users: their latest history items, then the items
                           the model retrieves for them, a test target framed in green
+    cold_retrievals.png   products nobody had touched before the split (cold), each beside
+                          the history of a test user the model retrieved it for, who then
+                          interacted with it: what the image tower makes possible
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ from pipelines.config import parse_config
 from pipelines.evaluate_retrieval import model_scorer
 from pipelines.tracking import stage_run
 from simclr_vision.data import load_catalog
-from twotower.evaluate import load_queries
+from twotower.evaluate import EvalQueries, load_queries
 from twotower.files import atomic_path
 from twotower.index import ItemIndex
 from twotower.vectors import read_vectors
 
-__all__ = ["FiguresConfig", "image_neighbours", "main", "run", "user_retrievals"]
+__all__ = ["FiguresConfig", "cold_retrievals", "image_neighbours", "main", "run",
+           "user_retrievals"]
 
 STAGE = "figures"
 
@@ -63,6 +67,10 @@ class FiguresConfig:
     """Users in `user_retrievals.png`."""
     k: int = 8
     """Neighbours per query product, and items retrieved per user."""
+    cold: int = 6
+    """Cold products in `cold_retrievals.png`."""
+    cold_k: int = 50
+    """A cold product counts as retrieved for a user within this rank."""
     seed: int = 0
     """Picks the query products and the users."""
 
@@ -152,6 +160,51 @@ def user_retrievals(images: np.ndarray, ids: np.ndarray, histories: list[np.ndar
     return _save(fig, Path(path))
 
 
+def cold_retrievals(images: np.ndarray, ids: np.ndarray, queries: EvalQueries,
+                    retrieved: np.ndarray, path: str | Path, *, rows: int = 6,
+                    history: int = 7, seed: int = 0) -> Path:
+    """Cold products the model found: each row one retrieved cold test target (framed green,
+    with its rank) beside the latest `history` items of the user it was retrieved for.
+
+    retrieved: (U, k) item ids ranked for `queries`' users. Each product appears once; when no
+    cold target was retrieved the figure says so.
+    """
+    names = queries.item_ids
+    cold = set(names[queries.item_counts == 0])
+    found: dict[str, tuple[int, int]] = {}  # cold item → (query row, rank), first user found
+    for u in np.random.default_rng(seed).permutation(len(queries)):
+        targets = set(names[queries.relevant[u]]) & cold
+        for rank, item in enumerate(retrieved[u], start=1):
+            if item in targets and item not in found:
+                found[item] = (int(u), rank)
+                break
+    picked = list(found.items())[:rows]
+    position = pd.Index(ids)
+    width = history + 1
+    fig = Figure(figsize=(1.1 * width, 1.45 * max(len(picked), 1) + 0.4))
+    axes = fig.subplots(max(len(picked), 1), width, squeeze=False)
+    for r, (item, (u, rank)) in enumerate(picked):
+        _picture(axes[r][0], images[position.get_loc(item)], frame="tab:green")
+        axes[r][0].set_title(f"new {item}\nrank {rank}", fontsize=7)
+        recent = list(names[queries.history[u]][-history:])
+        for c in range(1, width):
+            ax = axes[r][c]
+            ax.set_visible(c <= len(recent))
+            if c <= len(recent):
+                _picture(ax, images[position.get_loc(recent[c - 1])])
+        axes[r][1].set_title(f"{queries.user_id[u]}: latest history (newest right)",
+                             fontsize=7, loc="left")
+    if not picked:
+        for ax in axes[0]:
+            ax.set_visible(False)
+        fig.text(0.5, 0.5, f"no cold product was retrieved within the top {retrieved.shape[1]} "
+                 "of a user who then chose it", ha="center", va="center")
+    fig.suptitle(f"Cold products (green: no interaction before the split) retrieved in the top "
+                 f"{retrieved.shape[1]} for a user who then chose them, beside that user's history",
+                 fontsize=9)
+    return _save(fig, Path(path))
+
+
 def run(cfg: FiguresConfig) -> dict[str, Any]:
     """Draw both figures; return their paths."""
     catalog = load_catalog(cfg.catalog)
@@ -163,16 +216,20 @@ def run(cfg: FiguresConfig) -> dict[str, Any]:
         paths = {"image_neighbours": image_neighbours(
             images[has], ids[has], embeddings.vectors[row_of[has]],
             cfg.out_dir / "image_neighbours.png", queries=cfg.queries, k=cfg.k, seed=cfg.seed)}
-        queries = load_queries(cfg.prepared_dir, cfg.split)
+        every = load_queries(cfg.prepared_dir, cfg.split)
+        scorer = model_scorer(cfg.index, cfg.user_vectors)
         pick = np.sort(np.random.default_rng(cfg.seed).choice(
-            len(queries), size=min(cfg.users, len(queries)), replace=False))
-        queries = queries.take(pick)
-        retrieved = model_scorer(cfg.index, cfg.user_vectors).rank(queries, cfg.k)
+            len(every), size=min(cfg.users, len(every)), replace=False))
+        queries = every.take(pick)
+        retrieved = scorer.rank(queries, cfg.k)
         names = queries.item_ids
         paths["user_retrievals"] = user_retrievals(
             images, ids, [names[h] for h in queries.history], retrieved,
             [set(names[r]) for r in queries.relevant], list(queries.user_id),
             cfg.out_dir / "user_retrievals.png")
+        paths["cold_retrievals"] = cold_retrievals(
+            images, ids, every, scorer.rank(every, cfg.cold_k),
+            cfg.out_dir / "cold_retrievals.png", rows=cfg.cold, seed=cfg.seed)
         for path in paths.values():
             tracker.artifact(path, folder="figures")
     return {name: str(path) for name, path in paths.items()}

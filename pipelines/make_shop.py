@@ -1,13 +1,15 @@
 """Stage `make_shop`: the synthetic shop as Parquet files, the demo's own data.
 
     python -m pipelines.make_shop --run-dir runs/demo --shop.num-items 2000
-    python -m pipelines.make_shop --run-dir runs/fmnist --images fashion-mnist
+    python -m pipelines.make_shop --run-dir runs/drawings --images procedural
+    python -m pipelines.make_shop --run-dir runs/fmnist --data-dir ../shared/data/fashion-mnist
 
 Writes `<run_dir>/make_shop/`: `catalog.parquet` (item_id, image PNG bytes, category, pattern,
 colour, release_time, popularity), `interactions.parquet` (user_id, item_id, timestamp, event),
 `users.parquet` (the shoppers' true tastes) and `shop.json` (`twotower.synthetic.write_shop`).
-The products are procedural drawings, or Fashion-MNIST training images (`--images
-fashion-mnist`), whose class is then the category.
+The products are Fashion-MNIST photos, whose class is then the category: the test split shipped
+in the package (`simclr_vision.data.load_sample`), or the training split of `--data-dir`; or
+procedural drawings (`--images procedural`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from typing import Any, Literal
 
 from pipelines.config import parse_config
 from pipelines.tracking import stage_run
-from simclr_vision.data import find_fashion_mnist, load_idx
-from twotower.files import DataError
+from simclr_vision.data import load_idx, load_sample
 from twotower.synthetic import Shop, ShopConfig, make_shop, write_shop
 
 __all__ = ["MakeShopConfig", "build_shop", "main", "run"]
@@ -34,18 +35,20 @@ class MakeShopConfig:
 
     run_dir: str = "runs/demo"
     """The pipeline's run folder; this stage writes `<run_dir>/make_shop/`."""
-    images: Literal["procedural", "fashion-mnist"] = "procedural"
-    """The products' pictures: procedural drawings or Fashion-MNIST training images."""
+    images: Literal["fashion-mnist", "procedural"] = "fashion-mnist"
+    """The products' pictures: Fashion-MNIST photos or procedural drawings."""
     data_dir: str | None = None
-    """Fashion-MNIST idx folder; None: ../shared/data/fashion-mnist or Debian's copy."""
+    """Fashion-MNIST idx folder whose training split (60,000 images) the products are drawn
+    from, e.g. ../shared/data/fashion-mnist or Debian's /usr/share/datasets/fashion-mnist;
+    None: the 10,000 test images shipped with the package, the same on every machine."""
     shop: ShopConfig = field(default_factory=ShopConfig)
     """Catalog, shoppers and log sizes, tastes and seed."""
 
     def __post_init__(self) -> None:
         if isinstance(self.shop, dict):
             self.shop = ShopConfig(**self.shop)
-        if self.images not in ("procedural", "fashion-mnist"):
-            raise ValueError(f"images must be procedural or fashion-mnist, got {self.images!r}")
+        if self.images not in ("fashion-mnist", "procedural"):
+            raise ValueError(f"images must be fashion-mnist or procedural, got {self.images!r}")
 
     @property
     def out_dir(self) -> Path:
@@ -53,15 +56,12 @@ class MakeShopConfig:
 
 
 def build_shop(cfg: MakeShopConfig) -> Shop:
-    """The shop in memory: procedural products, or Fashion-MNIST training images."""
+    """The shop in memory: Fashion-MNIST products (shipped sample or `data_dir`), or
+    procedural ones."""
     if cfg.images == "procedural":
         return make_shop(cfg.shop)
-    folder = Path(cfg.data_dir) if cfg.data_dir else find_fashion_mnist()
-    if folder is None:
-        raise DataError("Fashion-MNIST not found: pass --data-dir, the folder of its four "
-                        "idx files", path="../shared/data/fashion-mnist")
-    train = load_idx(folder, "train")
-    return make_shop(cfg.shop, images=train.images.numpy(), labels=train.labels.numpy())
+    photos = load_idx(Path(cfg.data_dir), "train") if cfg.data_dir else load_sample()
+    return make_shop(cfg.shop, images=photos.images.numpy(), labels=photos.labels.numpy())
 
 
 def run(cfg: MakeShopConfig) -> dict[str, Any]:

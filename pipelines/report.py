@@ -7,6 +7,7 @@ per scorer, slice, metric and k) and writes, atomically each:
     report.md         every metric of every scorer at every k on all targets, each with its 95%
                       bootstrap interval over users when the table has one (`value (low–high)`);
                       then recall@k per slice (warm / cold items, head / tail by popularity),
+                      with intervals likewise; the cold-start table (`cold_start`) at every k;
                       and ANN recall
     recall_at_k.png   recall@k against k, one line per scorer, one panel per slice
     ndcg_at_k.png     the same for NDCG@k
@@ -23,7 +24,7 @@ from matplotlib.figure import Figure  # no pyplot: no display or global figure s
 
 from twotower.files import atomic_path
 
-__all__ = ["headline", "markdown", "plot_curves", "write_report"]
+__all__ = ["cold_start", "headline", "markdown", "plot_curves", "write_report"]
 
 _SUMMARY_METRICS = ("recall", "recall_capped", "ndcg", "hit_rate", "mrr", "coverage")
 
@@ -50,6 +51,28 @@ def headline(table: pd.DataFrame, k: int) -> pd.DataFrame:
     for name, (slice_name, metric) in columns.items():
         part = rows[(rows["slice"] == slice_name) & (rows["metric"] == metric)]
         out[name] = part.set_index("scorer")["value"].reindex(scorers)
+    return out
+
+
+def cold_start(table: pd.DataFrame, k: int, digits: int = 4) -> pd.DataFrame:
+    """One row per scorer at one k: warm and cold recall@k, each `value (low–high)` with its 95%
+    bootstrap interval over users when the table has one, and the ratio cold / warm."""
+    rows = table[(table["k"] == k) & (table["metric"] == "recall")]
+    scorers = list(pd.unique(rows["scorer"]))
+    out = pd.DataFrame(index=pd.Index(scorers, name="scorer"))
+    values = {}
+    for slice_name in ("warm", "cold"):
+        part = rows[rows["slice"] == slice_name].set_index("scorer").reindex(scorers)
+        values[slice_name] = part["value"]
+        if {"low", "high"} <= set(part.columns):
+            out[f"{slice_name} recall@{k} (95% interval)"] = [
+                f"{v:.{digits}f} ({lo:.{digits}f}\N{EN DASH}{hi:.{digits}f})"
+                if pd.notna(lo) else f"{v:.{digits}f}"
+                for v, lo, hi in zip(part["value"], part["low"], part["high"], strict=True)]
+        else:
+            out[f"{slice_name} recall@{k}"] = part["value"]
+    out["cold / warm"] = [f"{c / w:.2f}" if w > 0 else "-"
+                          for c, w in zip(values["cold"], values["warm"], strict=True)]
     return out
 
 
@@ -134,7 +157,13 @@ def write_report(
             continue
         n = table.loc[table["slice"] == slice_name, "users"].max()
         sections += [f"## recall@k on {slice_name} items ({n:,} users with such a target)", "",
-                     markdown(_by_k(table, slice_name, ["recall"])), ""]
+                     markdown(_with_intervals(table, slice_name, ["recall"])), ""]
+    if {"warm", "cold"} <= set(table["slice"]):
+        sections += ["## Cold start: recall@k on warm and on cold items", "",
+                     "Cold items had no interaction before the split: only their content "
+                     "(the image h, attributes) can place them.", ""]
+        for k in sorted(pd.unique(table["k"])):
+            sections += [markdown(cold_start(table, int(k))), ""]
     if (table["metric"] == "ann_recall").any():
         sections += ["## ANN index recall@k against exact search", "",
                      markdown(_by_k(table, "all", ["ann_recall"])), ""]

@@ -45,6 +45,7 @@ from twotower.files import DataError
 
 __all__ = [
     "FASHION_MNIST_DIRS",
+    "FASHION_MNIST_SAMPLE",
     "IMAGE_SUFFIXES",
     "ImageSet",
     "find_fashion_mnist",
@@ -53,6 +54,7 @@ __all__ = [
     "load_idx",
     "load_images",
     "load_npz",
+    "load_sample",
 ]
 
 Split = Literal["train", "test"]
@@ -64,6 +66,10 @@ FASHION_MNIST_DIRS: tuple[Path, ...] = (
     Path("/usr/share/datasets/fashion-mnist"),  # Debian's dataset-fashion-mnist package
 )
 """Where `find_fashion_mnist` looks: `../shared/data` beside the checkout, then Debian's copy."""
+
+FASHION_MNIST_SAMPLE = Path(__file__).resolve().with_name("fashion_mnist")
+"""The Fashion-MNIST test split (10,000 images, 4.4 MB) shipped inside the package, with its
+MIT licence (`LICENSE`) and provenance (`README.md`): the demo's products on any machine."""
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 """File name endings `load_folder` reads (case-insensitive); other files are ignored."""
@@ -127,6 +133,11 @@ def find_fashion_mnist() -> Path | None:
         if all((folder / name).is_file() for name in names):
             return folder
     return None
+
+
+def load_sample() -> ImageSet:
+    """The shipped Fashion-MNIST sample: 10,000 labelled (1, 28, 28) product photos."""
+    return load_idx(FASHION_MNIST_SAMPLE, "test")
 
 
 def load_idx(folder: PathLike, split: Split = "train") -> ImageSet:

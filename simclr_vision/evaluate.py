@@ -2,7 +2,8 @@
 
 - `knn_accuracy`: weighted k-nearest-neighbour vote on cosine similarity (Wu et al. 2018, §3.4:
   each of the k neighbours votes for its class with weight exp(sim/τ)); needs no training, so
-  it is also the monitor during pretraining.
+  it is also the monitor during pretraining. `cross_knn_accuracy` scores one labelled set
+  against itself, leaving each row out of its own vote: what h knows of a catalog.
 - `linear_probe`: multinomial logistic regression on frozen features (Chen et al. 2020, §B.6),
   fitted by scikit-learn.
 - `augmentation_probe`: the paper's Table 3. A small MLP predicts which transformation was
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -28,7 +30,8 @@ from torch import Tensor
 
 from simclr_vision.model import SimCLR, encode_images
 
-__all__ = ["PAPER_TABLE_3", "augmentation_probe", "knn_accuracy", "knn_predict", "linear_probe"]
+__all__ = ["PAPER_TABLE_3", "augmentation_probe", "cross_knn_accuracy", "knn_accuracy",
+           "knn_predict", "linear_probe"]
 
 PAPER_TABLE_3 = {
     "colour": {"h": 0.993, "z": 0.974},
@@ -89,6 +92,36 @@ def knn_accuracy(
     pred = knn_predict(train_h, train_y, test_h, k=k, temperature=temperature,
                        num_classes=classes)
     return (pred.cpu() == test_y.cpu().long()).float().mean().item()
+
+
+def cross_knn_accuracy(
+    h: Tensor | np.ndarray,
+    y: Tensor | np.ndarray,
+    *,
+    k: int = 20,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> float:
+    """Leave-one-out kNN accuracy of one labelled set h (N, d), y (N,): each row is classified
+    by the weighted vote (as `knn_predict`) of its k most cosine-similar other rows."""
+    h = F.normalize(torch.tensor(_numpy(h), dtype=torch.float32), dim=1)
+    y = torch.tensor(_numpy(y)).long()
+    if h.ndim != 2 or y.shape != (h.shape[0],) or h.shape[0] < 2:
+        raise ValueError(f"need h (N, d) with N >= 2 and y (N,), got {tuple(h.shape)} and "
+                         f"{tuple(y.shape)}")
+    if k <= 0 or temperature <= 0:
+        raise ValueError(f"k and temperature must be positive, got {k} and {temperature}")
+    k = min(k, h.shape[0] - 1)
+    classes = int(y.max()) + 1
+    correct = 0
+    for start in range(0, h.shape[0], chunk_size):
+        rows = torch.arange(start, min(start + chunk_size, h.shape[0]))
+        sim = h[rows] @ h.T
+        sim[torch.arange(len(rows)), rows] = -math.inf  # never its own neighbour
+        top, idx = sim.topk(k, dim=1)
+        votes = torch.zeros(len(rows), classes).scatter_add_(1, y[idx], (top / temperature).exp())
+        correct += int((votes.argmax(dim=1) == y[rows]).sum())
+    return correct / h.shape[0]
 
 
 def linear_probe(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -32,6 +33,7 @@ def config_of(stage, *args):
 @pytest.mark.parametrize(("path", "stages"), [
     ("demo.toml", ["demo"]),
     ("fashion_mnist.toml", ["demo"]),
+    ("procedural.toml", ["demo"]),
     ("movielens.toml", ["prepare", "train_two_tower", "build_index", "evaluate_retrieval"]),
 ])
 def test_every_shipped_config_builds_its_stages(path, stages):
@@ -43,7 +45,10 @@ def test_every_shipped_config_builds_its_stages(path, stages):
 def test_the_demo_config_is_the_demo_defaults_and_the_others_differ():
     assert config_of("demo", CONFIGS / "demo.toml") == DemoConfig()
     fmnist = config_of("demo", CONFIGS / "fashion_mnist.toml")
-    assert fmnist.catalog == "fashion-mnist" and fmnist.pretrain.image_size == 28
+    assert fmnist.catalog == "fashion-mnist" and fmnist.data_dir is not None
+    procedural = config_of("demo", CONFIGS / "procedural.toml")
+    assert dataclasses.replace(procedural, run_dir="runs/demo") == DemoConfig(
+        catalog="procedural")
     prepare = config_of("prepare", CONFIGS / "movielens.toml")
     assert prepare.data.columns == {"userId": "user_id", "movieId": "item_id"}
     evaluate = config_of("evaluate_retrieval", CONFIGS / "movielens.toml")

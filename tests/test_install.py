@@ -74,3 +74,30 @@ def test_every_install_ends_with_exactly_one_faiss():
         if req.name.startswith("faiss"):
             faiss_by_extra[extra].add(req.name)
     assert faiss_by_extra == {None: set(), "cpu": {"faiss-cpu"}, "gpu": {"faiss-gpu"}}
+
+
+def test_the_wheel_ships_the_fashion_mnist_sample_with_its_licence(tmp_path):
+    """`twotower demo` on a fresh install reads the sample from the package itself."""
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "src"
+    for name in ("twotower", "simclr_vision", "pipelines"):
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         str(source), "-w", str(tmp_path / "wheel")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    (wheel,) = (tmp_path / "wheel").glob("twotower-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    sample = "simclr_vision/fashion_mnist/"
+    assert {sample + n for n in ("LICENSE", "README.md", "t10k-images-idx3-ubyte.gz",
+                                 "t10k-labels-idx1-ubyte.gz")} <= names
+    licence = zipfile.ZipFile(wheel).read(sample + "LICENSE").decode()
+    assert "MIT" in licence and "Zalando SE" in licence

@@ -1,6 +1,11 @@
-"""The end-to-end demo at a tiny size: results, skipping, resuming, and the MLflow record."""
+"""The end-to-end demo at a tiny size: results, skipping, resuming, and the MLflow record.
+
+Its products are the Fashion-MNIST photos shipped in the package, so it needs nothing beside
+the checkout (no ../shared)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import mlflow
 import pandas as pd
@@ -16,7 +21,8 @@ TINY = ["--shop.num-items", "120", "--shop.num-users", "60", "--shop.num-interac
         "--shop.image-size", "8", "--pretrain.image-size", "8", "--pretrain.epochs", "1",
         "--pretrain.batch-size", "32", "--train.epochs", "3", "--train.batch-size", "128",
         "--ks", "5", "10", "--report-k", "10", "--device", "cpu"]
-STAGES = ["make_shop", "pretrain_vision", "embed_catalog", "prepare", "train_two_tower/id_only",
+STAGES = ["make_shop", "pretrain_vision", "embed_catalog", "probe_vision", "prepare",
+          "train_two_tower/id_only",
           "build_index/id_only", "train_two_tower/image", "build_index/image",
           "evaluate_retrieval", "figures"]
 
@@ -43,11 +49,28 @@ def test_demo_runs_every_stage_and_reports(finished, capsys):
     report = run_dir / "evaluate_retrieval"
     for name in ("report.md", "metrics.csv", "recall_at_k.png", "ndcg_at_k.png"):
         assert (report / name).stat().st_size > 0
-    assert len(out["plots"]) == 4
+    assert len(out["plots"]) == 5
     for plot in out["plots"]:
         assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert {p.split("/")[-1] for p in out["plots"]} >= {"image_neighbours.png",
-                                                         "user_retrievals.png"}
+                                                         "user_retrievals.png",
+                                                         "cold_retrievals.png"}
+
+
+def test_the_products_are_the_shipped_photos_and_the_demo_says_what_h_knows(finished, capsys):
+    run_dir, out = finished
+    catalog = pd.read_parquet(run_dir / "make_shop" / "catalog.parquet")
+    assert len(catalog) == 120 and catalog["category"].nunique() > 5  # Fashion-MNIST classes
+    assert set(out["probe"]) == {"h", "pixels", "random_encoder"}
+    assert all(0 <= v <= 1 for v in out["probe"].values())
+    assert out["probe"]["pixels"] > 0.3  # 10 classes: chance is 0.1
+    cold = out["cold_start"]
+    assert list(cold.index) == list(out["results"].index)
+    assert cold.loc["image", "cold recall@10 (95% interval)"].count("(") == 1
+    again = demo.main(["--run-dir", str(run_dir), *TINY])  # all skipped: printed from files
+    printed = capsys.readouterr().out
+    assert again["probe"] == out["probe"]
+    assert "kNN accuracy on the products' categories" in printed and "Cold start" in printed
 
 
 def test_running_it_again_skips_every_stage(finished, capsys):
@@ -103,7 +126,7 @@ def test_killed_during_training_it_resumes_to_the_same_metrics(finished, tmp_pat
     assert not (tmp_path / "evaluate_retrieval").exists()
     monkeypatch.setattr(StageRun, "log", log)
     resumed = demo.main(["--run-dir", str(tmp_path), *TINY])
-    assert resumed["ran"] == STAGES[6:]
+    assert resumed["ran"] == STAGES[7:]
     straight = pd.read_csv(run_dir / "evaluate_retrieval" / "metrics.csv")
     again = pd.read_csv(tmp_path / "evaluate_retrieval" / "metrics.csv")
     pd.testing.assert_frame_equal(again, straight)
@@ -135,3 +158,16 @@ def test_a_failing_stage_is_marked_failed_and_earlier_outputs_stay(tmp_path, mon
     monkeypatch.setattr(figures, "image_neighbours", drawing)
     again = demo.main(["--run-dir", str(tmp_path), *TINY])
     assert again["ran"] == ["figures"] and again["skipped"] == STAGES[:-1]
+
+
+def test_the_probe_names_a_missing_label_column(finished):
+    from pipelines.probe_vision import ProbeVisionConfig, probe
+    from twotower.files import DataError
+
+    run_dir, out = finished
+    cfg = ProbeVisionConfig(catalog=str(run_dir / "make_shop" / "catalog.parquet"),
+                            embeddings=str(run_dir / "embed_catalog" / "embeddings.parquet"),
+                            run_dir=str(run_dir), device="cpu")
+    assert probe(cfg) == out["probe"]  # the stage's figures are reproducible
+    with pytest.raises(DataError, match="brand"):
+        probe(dataclasses.replace(cfg, label="brand"))

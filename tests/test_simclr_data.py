@@ -4,6 +4,7 @@ that names the file (and the column, row or value where there is one)."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import struct
@@ -17,6 +18,7 @@ from PIL import Image
 
 from simclr_vision.data import (
     FASHION_MNIST_DIRS,
+    FASHION_MNIST_SAMPLE,
     ImageSet,
     find_fashion_mnist,
     load_catalog,
@@ -24,6 +26,7 @@ from simclr_vision.data import (
     load_idx,
     load_images,
     load_npz,
+    load_sample,
 )
 from twotower.files import DataError
 
@@ -87,6 +90,19 @@ def test_real_fashion_mnist():
     assert torch.bincount(train.labels).tolist() == [6000] * 10  # balanced classes
     assert train.labels[0] == 9  # the first training image is an ankle boot
     assert test.labels[0] == 9
+
+
+def test_the_shipped_sample_is_fashion_mnists_test_split_with_its_licence():
+    sample = load_sample()
+    assert sample.images.shape == (10000, 1, 28, 28) and sample.images.dtype == torch.uint8
+    assert torch.bincount(sample.labels).tolist() == [1000] * 10  # balanced classes
+    assert sample.labels[0] == 9  # the first test image is an ankle boot
+    licence = (FASHION_MNIST_SAMPLE / "LICENSE").read_text()
+    assert "MIT" in licence and "Zalando SE" in licence
+    digests = {path.name: hashlib.md5(path.read_bytes()).hexdigest()
+               for path in FASHION_MNIST_SAMPLE.glob("*.gz")}
+    assert digests == {"t10k-images-idx3-ubyte.gz": "f78720b4224f21cce2f2ccf2d7a94c9a",
+                       "t10k-labels-idx1-ubyte.gz": "0d30e22e447f3c33dab9ed536400ac01"}
 
 
 @pytest.mark.parametrize("compress", [True, False])

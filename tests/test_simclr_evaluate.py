@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from simclr_vision.evaluate import augmentation_probe, knn_accuracy, knn_predict, linear_probe
+from simclr_vision.evaluate import (
+    augmentation_probe,
+    cross_knn_accuracy,
+    knn_accuracy,
+    knn_predict,
+    linear_probe,
+)
 from simclr_vision.model import SimCLR
 from twotower.heads import ProjectionHead
 
@@ -44,6 +50,21 @@ def test_knn_accuracy_on_clusters_and_a_hand_case():
     test_h, test_y = torch.tensor([[2.0, 0.1], [0.1, 3.0]]), torch.tensor([0, 1])
     assert knn_accuracy(train_h, train_y, test_h, test_y, k=3) == 1.0
     assert knn_accuracy(train_h, train_y, test_h, 1 - test_y, k=3) == 0.0
+
+
+@pytest.mark.parametrize(("k", "temperature"), [(1, 0.1), (7, 0.2), (100, 1.0)])
+def test_leave_one_out_knn_matches_the_naive_vote_without_the_row_itself(k, temperature):
+    g = torch.Generator().manual_seed(k)
+    h, y = torch.randn(40, 5, generator=g), torch.randint(0, 3, (40,), generator=g)
+    naive = [_naive_knn(torch.cat([h[:i], h[i + 1:]]), torch.cat([y[:i], y[i + 1:]]), h[i:i + 1],
+                        min(k, 39), temperature)[0] for i in range(40)]
+    expected = sum(int(p == t) for p, t in zip(naive, y.tolist(), strict=True)) / 40
+    assert cross_knn_accuracy(h, y, k=k, temperature=temperature, chunk_size=6) == \
+        pytest.approx(expected)
+    duplicated = torch.cat([h, h])  # each row's twin is its nearest other row
+    assert cross_knn_accuracy(duplicated, torch.cat([y, y]), k=1) == 1.0
+    with pytest.raises(ValueError, match="need h"):
+        cross_knn_accuracy(h, y[:-1])
 
 
 def test_knn_refuses_mismatched_shapes():
