@@ -132,7 +132,7 @@ def test_retrieval_stage_by_stage(executed):
     nb = executed("03_retrieval.ipynb")
     _assert_ran_cleanly(nb)
     out = _stdout(nb)
-    assert "shop: 120 items, 60 users, 2500 events, 8px images" in out
+    assert "shop: 120 fashion-mnist products, 60 users, 2500 events" in out
     assert "metrics at k = 10" in out
     for png in ("image_neighbours.png", "user_retrievals.png"):
         assert png in out

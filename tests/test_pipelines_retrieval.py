@@ -16,7 +16,7 @@ from pipelines.build_index import run as build_index
 from pipelines.config import parse_config
 from pipelines.evaluate_retrieval import EvaluateRetrievalConfig
 from pipelines.evaluate_retrieval import run as evaluate_retrieval
-from pipelines.report import markdown, write_report
+from pipelines.report import cold_start, markdown, write_report
 from pipelines.tracking import tracking_uri
 from twotower.data import PrepareConfig, prepare
 from twotower.evaluate import load_queries
@@ -202,10 +202,26 @@ def test_the_overall_table_shows_each_interval_and_the_csv_keeps_them(tmp_path):
     report = paths["report"].read_text()
     assert "| a / recall | 0.3312 (0.3101\N{EN DASH}0.3530) |" in report
     assert "| a / coverage | 0.5000 |" in report
-    assert "| a | 0.2500 |" in report  # slice tables: values only
+    assert "| a | 0.2500 (0.0000\N{EN DASH}0.5000) |" in report  # slice tables too
     pd.testing.assert_frame_equal(pd.read_csv(paths["metrics"]), table)
     skipped = table.assign(low=nan, high=nan)  # evaluate(n_boot=0)
     assert "| a / recall | 0.3312 |" in write_report(skipped, tmp_path)["report"].read_text()
+
+
+def test_the_cold_start_table_puts_warm_and_cold_recall_side_by_side(tmp_path):
+    rows = [(s, slice_name, metric, 10, value, value - 0.1, value + 0.1, 5)
+            for s, values in (("image", (0.4, 0.2)), ("ease", (0.5, 0.0)))
+            for slice_name, value in zip(("warm", "cold"), values, strict=True)
+            for metric in ("recall", "ndcg")]
+    table = pd.DataFrame(rows, columns=["scorer", "slice", "metric", "k", "value", "low", "high",
+                                        "users"])
+    cold = cold_start(table, 10)
+    assert list(cold.index) == ["image", "ease"]
+    assert cold.loc["image"].tolist() == ["0.4000 (0.3000\N{EN DASH}0.5000)",
+                                          "0.2000 (0.1000\N{EN DASH}0.3000)", "0.50"]
+    assert cold.loc["ease", "cold / warm"] == "0.00"
+    report = write_report(table, tmp_path)["report"].read_text()
+    assert "## Cold start" in report and "| image | 0.4000 (0.3000" in report
 
 
 def test_markdown_rounds_floats_and_keeps_the_index():
