@@ -134,10 +134,10 @@ def test_retrieval_stage_by_stage(executed):
     out = _stdout(nb)
     assert "shop: 120 fashion-mnist products, 60 users, 2500 events" in out
     assert "metrics at k = 10" in out
-    for png in ("image_neighbours.png", "user_retrievals.png"):
+    for png in ("image_neighbours.png", "user_retrievals.png", "cold_retrievals.png"):
         assert png in out
-    # recall@k and NDCG@k plots, then the two galleries, each read back from its PNG.
-    assert _figures(nb) == 4
+    # recall@k and NDCG@k plots, then the three galleries, each read back from its PNG.
+    assert _figures(nb) == 5
     tables = [out.data["text/plain"] for out in _outputs(nb, "display_data")
               if "text/plain" in out.data and "recall@10" in out.data["text/plain"]]
     assert len(tables) == 1
