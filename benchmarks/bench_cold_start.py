@@ -31,14 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.shop import test_window
 from pipelines.make_shop import MakeShopConfig, build_shop
 from pipelines.report import markdown
+from simclr_vision.evaluate import cross_knn_votes
 from twotower.evaluate import EvalQueries, evaluate, load_queries
 from twotower.synthetic import ShopConfig
 from twotower.vectors import read_vectors
@@ -62,17 +61,12 @@ class _Scores:
         return queries.item_ids[np.argsort(-rows, axis=1, kind="stable")[:, :k]]
 
 
-def _posterior(embeddings: Path, catalog: pd.DataFrame, k: int = 20, tau: float = 0.1):
-    """(N, K) category posterior of every product from the vote of its k nearest others by h."""
+def _posterior(embeddings: Path, catalog: pd.DataFrame) -> np.ndarray:
+    """(N, K) category posterior of every product from the vote of its 20 nearest others by h
+    (the demo's probe_vision kNN), rows in catalog order."""
     found = read_vectors(embeddings)
     rows = pd.Index(catalog["item_id"]).get_indexer(found.ids)
-    h = F.normalize(torch.tensor(found.vectors), dim=1)
-    labels = torch.as_tensor(catalog["category"].to_numpy()[rows])
-    sim = h @ h.T
-    sim.fill_diagonal_(-torch.inf)
-    top, idx = sim.topk(k, dim=1)
-    votes = torch.zeros(len(h), int(labels.max()) + 1).scatter_add_(1, labels[idx],
-                                                                   (top / tau).exp())
+    votes = cross_knn_votes(found.vectors, catalog["category"].to_numpy()[rows])
     out = np.zeros((len(catalog), votes.shape[1]))
     out[rows] = (votes / votes.sum(1, keepdim=True)).numpy()
     return out

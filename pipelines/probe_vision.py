@@ -99,7 +99,6 @@ def run(cfg: ProbeVisionConfig) -> dict[str, Any]:
         scores = probe(cfg)
         tracker.log({f"knn_{name}": value for name, value in scores.items()}, step=0)
         path = cfg.out_dir / "probe.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps({"label": cfg.label, "k": cfg.k, "knn_accuracy": scores},
                                       indent=2))

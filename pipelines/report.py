@@ -66,8 +66,7 @@ def cold_start(table: pd.DataFrame, k: int, digits: int = 4) -> pd.DataFrame:
         values[slice_name] = part["value"]
         if {"low", "high"} <= set(part.columns):
             out[f"{slice_name} recall@{k} (95% interval)"] = [
-                f"{v:.{digits}f} ({lo:.{digits}f}\N{EN DASH}{hi:.{digits}f})"
-                if pd.notna(lo) else f"{v:.{digits}f}"
+                _interval(v, lo, hi, digits)
                 for v, lo, hi in zip(part["value"], part["low"], part["high"], strict=True)]
         else:
             out[f"{slice_name} recall@{k}"] = part["value"]
@@ -99,14 +98,17 @@ def _with_intervals(table: pd.DataFrame, slice_name: str, metrics: Sequence[str]
     if not {"low", "high"} <= set(table.columns):
         return values
     low, high = (_by_k(table, slice_name, metrics, column=c) for c in ("low", "high"))
-
-    def cell(value: float, lo: float, hi: float) -> str | float:
-        if pd.isna(value) or pd.isna(lo) or pd.isna(hi):
-            return value  # coverage, or a table without intervals: the value alone
-        return f"{value:.{digits}f} ({lo:.{digits}f}\N{EN DASH}{hi:.{digits}f})"
-
-    return pd.DataFrame({c: [cell(*v) for v in zip(values[c], low[c], high[c], strict=True)]
+    return pd.DataFrame({c: [_interval(*v, digits) for v in zip(values[c], low[c], high[c],
+                                                                strict=True)]
                          for c in values.columns}, index=values.index)
+
+
+def _interval(value: float, lo: float, hi: float, digits: int) -> str | float:
+    """`value (low–high)`; the value alone where there is no interval (coverage, or a table
+    evaluated without resampling)."""
+    if pd.isna(value) or pd.isna(lo) or pd.isna(hi):
+        return value
+    return f"{value:.{digits}f} ({lo:.{digits}f}\N{EN DASH}{hi:.{digits}f})"
 
 
 def plot_curves(table: pd.DataFrame, metric: str, path: str | os.PathLike[str]) -> Path:

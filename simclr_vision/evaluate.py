@@ -30,8 +30,8 @@ from torch import Tensor
 
 from simclr_vision.model import SimCLR, encode_images
 
-__all__ = ["PAPER_TABLE_3", "augmentation_probe", "cross_knn_accuracy", "knn_accuracy",
-           "knn_predict", "linear_probe"]
+__all__ = ["PAPER_TABLE_3", "augmentation_probe", "cross_knn_accuracy", "cross_knn_votes",
+           "knn_accuracy", "knn_predict", "linear_probe"]
 
 PAPER_TABLE_3 = {
     "colour": {"h": 0.993, "z": 0.974},
@@ -94,6 +94,34 @@ def knn_accuracy(
     return (pred.cpu() == test_y.cpu().long()).float().mean().item()
 
 
+def cross_knn_votes(
+    h: Tensor | np.ndarray,
+    y: Tensor | np.ndarray,
+    *,
+    k: int = 20,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """(N, classes) leave-one-out votes of one labelled set h (N, d), y (N,): row i sums
+    exp(sim / τ) of its k most cosine-similar other rows per class (as `knn_predict`)."""
+    h = F.normalize(torch.tensor(_numpy(h), dtype=torch.float32), dim=1)
+    y = torch.tensor(_numpy(y)).long()
+    if h.ndim != 2 or y.shape != (h.shape[0],) or h.shape[0] < 2:
+        raise ValueError(f"need h (N, d) with N >= 2 and y (N,), got {tuple(h.shape)} and "
+                         f"{tuple(y.shape)}")
+    if k <= 0 or temperature <= 0:
+        raise ValueError(f"k and temperature must be positive, got {k} and {temperature}")
+    k = min(k, h.shape[0] - 1)
+    votes = torch.zeros(h.shape[0], int(y.max()) + 1)
+    for start in range(0, h.shape[0], chunk_size):
+        rows = torch.arange(start, min(start + chunk_size, h.shape[0]))
+        sim = h[rows] @ h.T
+        sim[torch.arange(len(rows)), rows] = -math.inf  # never its own neighbour
+        top, idx = sim.topk(k, dim=1)
+        votes[rows] = votes[rows].scatter_add_(1, y[idx], (top / temperature).exp())
+    return votes
+
+
 def cross_knn_accuracy(
     h: Tensor | np.ndarray,
     y: Tensor | np.ndarray,
@@ -103,25 +131,9 @@ def cross_knn_accuracy(
     chunk_size: int = 1024,
 ) -> float:
     """Leave-one-out kNN accuracy of one labelled set h (N, d), y (N,): each row is classified
-    by the weighted vote (as `knn_predict`) of its k most cosine-similar other rows."""
-    h = F.normalize(torch.tensor(_numpy(h), dtype=torch.float32), dim=1)
-    y = torch.tensor(_numpy(y)).long()
-    if h.ndim != 2 or y.shape != (h.shape[0],) or h.shape[0] < 2:
-        raise ValueError(f"need h (N, d) with N >= 2 and y (N,), got {tuple(h.shape)} and "
-                         f"{tuple(y.shape)}")
-    if k <= 0 or temperature <= 0:
-        raise ValueError(f"k and temperature must be positive, got {k} and {temperature}")
-    k = min(k, h.shape[0] - 1)
-    classes = int(y.max()) + 1
-    correct = 0
-    for start in range(0, h.shape[0], chunk_size):
-        rows = torch.arange(start, min(start + chunk_size, h.shape[0]))
-        sim = h[rows] @ h.T
-        sim[torch.arange(len(rows)), rows] = -math.inf  # never its own neighbour
-        top, idx = sim.topk(k, dim=1)
-        votes = torch.zeros(len(rows), classes).scatter_add_(1, y[idx], (top / temperature).exp())
-        correct += int((votes.argmax(dim=1) == y[rows]).sum())
-    return correct / h.shape[0]
+    by the weighted vote (`cross_knn_votes`) of its k most cosine-similar other rows."""
+    votes = cross_knn_votes(h, y, k=k, temperature=temperature, chunk_size=chunk_size)
+    return (votes.argmax(dim=1) == torch.tensor(_numpy(y)).long()).float().mean().item()
 
 
 def linear_probe(

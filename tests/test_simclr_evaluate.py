@@ -11,6 +11,7 @@ from torch import nn
 from simclr_vision.evaluate import (
     augmentation_probe,
     cross_knn_accuracy,
+    cross_knn_votes,
     knn_accuracy,
     knn_predict,
     linear_probe,
@@ -61,6 +62,8 @@ def test_leave_one_out_knn_matches_the_naive_vote_without_the_row_itself(k, temp
     expected = sum(int(p == t) for p, t in zip(naive, y.tolist(), strict=True)) / 40
     assert cross_knn_accuracy(h, y, k=k, temperature=temperature, chunk_size=6) == \
         pytest.approx(expected)
+    one = cross_knn_votes(h, y, k=1, temperature=temperature)
+    assert one.shape == (40, 3) and ((one > 0).sum(dim=1) == 1).all()  # one neighbour, one class
     duplicated = torch.cat([h, h])  # each row's twin is its nearest other row
     assert cross_knn_accuracy(duplicated, torch.cat([y, y]), k=1) == 1.0
     with pytest.raises(ValueError, match="need h"):
