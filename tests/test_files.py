@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from twotower.files import DataError, atomic_path
+from twotower.files import DataError, atomic_path, source_stamp
 
 
 def test_data_error_names_file_column_and_value(tmp_path):
@@ -50,3 +50,27 @@ def test_atomic_path_refuses_an_empty_write(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing was written"), atomic_path(tmp_path / "x"):
         pass
     assert not (tmp_path / "x").exists()
+
+
+def test_source_stamp_changes_with_content_not_with_reads(tmp_path):
+    log = tmp_path / "log"
+    (log / "day=1").mkdir(parents=True)
+    part = log / "day=1" / "part.parquet"
+    part.write_bytes(b"abc")
+    first = source_stamp(log)
+    assert source_stamp(log) == first
+    (log / "_SUCCESS").write_text("")  # hidden: a scan skips it, so does the stamp
+    assert source_stamp(log) == first
+    part.write_bytes(b"abcd")  # edited in place
+    assert source_stamp(log) != first
+    second = source_stamp(log)
+    (log / "day=2").mkdir()
+    (log / "day=2" / "part.parquet").write_bytes(b"x")  # a file added
+    assert source_stamp(log) != second
+    assert source_stamp(part) != source_stamp(log / "day=2" / "part.parquet")
+    assert source_stamp(f"{log}/*/*.parquet") != second
+
+
+def test_source_stamp_names_a_missing_source(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        source_stamp(tmp_path / "nothing.parquet")

@@ -64,7 +64,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from twotower.contrastive import LOG_Q_FLOOR
-from twotower.files import DataError, atomic_path
+from twotower.files import HIDDEN, DataError, atomic_path
 
 __all__ = ["FOLD_INS", "PROTOCOLS", "SCHEMA_VERSION", "PrepareConfig", "prepare",
            "prepared_files", "prepared_manifest"]
@@ -84,7 +84,6 @@ _BLOCK_ROWS = 1 << 20  # rows per written block (Parquet row group)
 _BLOCK_TARGETS = 1 << 16  # valid/test targets per block
 _BLOCK_HISTORY = 1 << 22  # history entries per block, unless one target alone has more
 _US = 1_000_000  # microseconds per second
-_HIDDEN = (".", "_")  # file name prefixes a folder scan skips (.crc, _SUCCESS, ...)
 
 
 @dataclass
@@ -455,10 +454,10 @@ def _scan(
     path = Path(text)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.parquet")
-                       if p.is_file() and not p.name.startswith(_HIDDEN))
+                       if p.is_file() and not p.name.startswith(HIDDEN))
     elif glob.has_magic(text):
         files = sorted(Path(p) for p in glob.glob(text, recursive=True)
-                       if Path(p).is_file() and not Path(p).name.startswith(_HIDDEN))
+                       if Path(p).is_file() and not Path(p).name.startswith(HIDDEN))
     elif path.is_file():
         files = [path]
     else:
@@ -474,7 +473,7 @@ def _scan(
             lf = pl.scan_csv([str(f) for f in files], try_parse_dates=True,
                              infer_schema_length=10_000, include_file_paths=paths)
         else:
-            lf = pl.scan_parquet(text, include_file_paths=paths, hidden_file_prefix=_HIDDEN)
+            lf = pl.scan_parquet(text, include_file_paths=paths, hidden_file_prefix=HIDDEN)
     except (pl.exceptions.PolarsError, OSError) as err:
         raise DataError(f"cannot read: {_first_line(err)}", path=text) from err
     if columns:
