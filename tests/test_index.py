@@ -160,6 +160,19 @@ def test_loading_a_folder_whose_files_do_not_match_fails_clearly(catalog, tmp_pa
         ItemIndex.load(tmp_path / "a")
 
 
+def test_a_bare_string_for_exclude_is_refused(catalog):
+    vectors, ids, queries = catalog
+    index = ItemIndex.build(vectors, ids, "flat")
+    with pytest.raises(TypeError, match="exclude must be a list of id lists, one per query, "
+                                        "not the string 'abc'"):
+        index.search(queries[:3], 5, exclude="abc")
+    with pytest.raises(TypeError, match=r"exclude holds the string 'p00001' where a list of ids "
+                                        r"belongs; write \['p00001'\]"):
+        index.search(queries[:1], 5, exclude=["p00001"])
+    with pytest.raises(TypeError, match="exclude holds the string 'p00000'"):
+        index.search(queries[:3], 5, exclude=ids[:3])  # numpy strings too
+
+
 def test_bad_queries_and_bad_k_raise_clear_errors(catalog):
     vectors, ids, queries = catalog
     index = ItemIndex.build(vectors, ids, "flat")

@@ -273,7 +273,8 @@ class ItemIndex:
 
         exclude: per query, ids that must not be returned (say, the user's training items);
         the top-k is still full after they are dropped. Ids not in the index are ignored, but
-        ids of another type (int for a str index, or the reverse) raise TypeError.
+        ids of another type (int for a str index, or the reverse) raise TypeError, and so does
+        a bare string where a list of ids belongs (it would be read as its characters).
         """
         matrix = _matrix(queries, "queries")
         if matrix.shape[1] != self.dim:
@@ -360,6 +361,14 @@ class ItemIndex:
         """The (query, item row) pairs to leave out, unique, as two int64 arrays."""
         if exclude is None:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        if isinstance(exclude, str | bytes):
+            raise TypeError(f"exclude must be a list of id lists, one per query, not the string "
+                            f"{exclude!r}")
+        bare = next((e for e in exclude if isinstance(e, str | bytes)), None)
+        if bare is not None:
+            shown = str(bare) if isinstance(bare, str) else bare  # np.str_('x') shows as 'x'
+            raise TypeError(f"exclude holds the string {shown!r} where a list of ids belongs; "
+                            f"write [{shown!r}] to exclude that one id")
         if len(exclude) != n_queries:
             raise ValueError(f"exclude has {len(exclude)} lists for {n_queries} queries")
         arrays = [np.asarray([] if e is None else e if isinstance(e, np.ndarray) else list(e))
