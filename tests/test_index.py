@@ -7,6 +7,8 @@ import json
 
 import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -152,12 +154,90 @@ def test_loading_a_folder_whose_files_do_not_match_fails_clearly(catalog, tmp_pa
         ItemIndex.load(tmp_path / "a")
     (tmp_path / "b" / "index.faiss").replace(tmp_path / "a" / "index.faiss")
     meta = json.loads((tmp_path / "a" / "meta.json").read_text())
-    (tmp_path / "a" / "meta.json").write_text(json.dumps({**meta, "kind": "hnsw"}))
+    (tmp_path / "a" / "meta.json").write_text(json.dumps(
+        {**meta, "kind": "hnsw", "params": default_params("hnsw", N, D)}))
     with pytest.raises(DataError, match=r"count 100 .*kind 'flat' \(metadata says 'hnsw'\)"):
         ItemIndex.load(tmp_path / "a")
     (tmp_path / "a" / "index.faiss").write_bytes(b"junk")
     with pytest.raises(DataError, match="unreadable faiss index"):
         ItemIndex.load(tmp_path / "a")
+
+
+def _saved(catalog, folder, kind="flat", n=500):
+    """The first n catalog items as a saved index of `kind`; its folder."""
+    vectors, ids, _ = catalog
+    return ItemIndex.build(vectors[:n], ids[:n], kind).save(folder)
+
+
+def _edit_meta(folder, change) -> None:
+    """Rewrite meta.json as `change(meta)` returns it."""
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps(change(meta)))
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("truncated", "Parquet magic bytes not found"),
+    ("garbage", "Parquet magic bytes not found"),
+    ("empty", "file size is 0 bytes"),
+])
+def test_damaged_ids_parquet_is_refused(catalog, tmp_path, damage, message):
+    folder = _saved(catalog, tmp_path / "idx")
+    path = folder / "ids.parquet"
+    path.write_bytes({"truncated": path.read_bytes()[:-40], "garbage": b"\x00garbage" * 50,
+                      "empty": b""}[damage])
+    with pytest.raises(DataError, match=rf"idx/ids\.parquet: unreadable id table \(.*{message}"):
+        ItemIndex.load(folder, device="cpu")
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"item_id": ["p00000", "p00001", "p00000"]},
+     r", column 'item_id': ids must be unique; 'p00000' appears 2 times"),
+    ({"id": ["a", "b", "c"]}, r": no item_id column \(columns: \['id'\]\)"),
+    ({"item_id": ["a", None, "c"]}, r", column 'item_id': 1 ids are null"),
+    ({"item_id": [0.5, 1.5, 2.5]}, r", column 'item_id': ids must be integers or strings"),
+])
+def test_bad_ids_in_a_well_formed_ids_parquet_are_refused(catalog, tmp_path, table, message):
+    """An ids.parquet rewritten is held to the rules `build` holds ids to."""
+    folder = _saved(catalog, tmp_path / "idx", n=3)
+    pq.write_table(pa.table(table), folder / "ids.parquet")
+    with pytest.raises(DataError, match=rf"idx/ids\.parquet{message}"):
+        ItemIndex.load(folder, device="cpu")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b'{"format": 1, "kind": "fl', r"unreadable metadata \(Unterminated string"),
+    (b"\xff\xfe\x00garbage\x9c", r"unreadable metadata \("),
+    (b"", r"unreadable metadata \(Expecting value"),
+    (b"[1, 2]", r"metadata must be a JSON object, got list"),
+    (b'"flat"', r"metadata must be a JSON object, got str"),
+])
+def test_unparsable_meta_json_is_refused(catalog, tmp_path, content, message):
+    folder = _saved(catalog, tmp_path / "idx")
+    (folder / "meta.json").write_bytes(content)
+    with pytest.raises(DataError, match=rf"idx/meta\.json: {message}"):
+        ItemIndex.load(folder, device="cpu")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"format": True}, r"unknown index format True"),
+    ({"kind": ["flat"]}, r"unknown index format 1 / kind \['flat'\]"),
+    ({"count": None}, r"metadata lacks \['count'\]"),
+    ({"count": "500"}, r"bad metadata: count must be a non-negative integer, got '500'"),
+    ({"dim": 16.0}, r"dim must be a non-negative integer, got 16\.0"),
+    ({"normalized": "yes"}, r"normalized must be true or false, got 'yes'"),
+    ({"source": 7}, r"source must be a string or null, got 7"),
+    ({"params": []}, r"ivf params must be \['nlist', 'nprobe'\], got \[\]"),
+    ({"params": {"nlist": 12}}, r"ivf params must be \['nlist', 'nprobe'\]"),
+    ({"params": {"nlist": 12, "nprobe": "4"}}, r"ivf parameter nprobe must be a positive integer"),
+    ({"params": {"nlist": 12, "nprobe": 13}}, r"nprobe=13 exceeds nlist=12"),
+])
+def test_meta_json_with_missing_keys_or_wrong_types_is_refused(catalog, tmp_path, change,
+                                                               message):
+    folder = _saved(catalog, tmp_path / "idx", "ivf")
+    _edit_meta(folder, lambda meta: {key: value for key, value in {**meta, **change}.items()
+                                     if value is not None})
+    with pytest.raises(DataError, match=rf"idx/meta\.json: .*{message}"):
+        ItemIndex.load(folder, device="cpu")
 
 
 def test_a_bare_string_for_exclude_is_refused(catalog):

@@ -184,24 +184,13 @@ class ItemIndex:
         missing = [p.name for p in paths.values() if not p.is_file()]
         if missing:
             raise DataError(f"not an index folder: missing {', '.join(missing)}", path=directory)
-        try:
-            meta = json.loads(paths["meta"].read_text())
-        except json.JSONDecodeError as err:
-            raise DataError(f"unreadable metadata ({err})", path=paths["meta"]) from err
-        if meta.get("format") != FORMAT_VERSION or meta.get("kind") not in KINDS:
-            raise DataError(
-                f"unknown index format {meta.get('format')!r} / kind {meta.get('kind')!r}; this "
-                f"twotower writes format {FORMAT_VERSION}", path=paths["meta"])
+        meta = _read_meta(paths["meta"])
         try:
             index = faiss.read_index(str(paths["index"]))
         except RuntimeError as err:
             raise DataError(f"unreadable faiss index ({_first_line(err)})",
                             path=paths["index"]) from err
-        ids = pq.read_table(paths["ids"]).column("item_id").to_numpy(zero_copy_only=False)
-        ids = ids.astype(str) if ids.dtype == object else ids
-        absent = {"count", "dim", "params", "normalized"} - set(meta)
-        if absent:
-            raise DataError(f"metadata lacks {sorted(absent)}", path=paths["meta"])
+        ids = _read_ids(paths["ids"])
         kind = meta["kind"]
         found = {"count": index.ntotal, "dim": index.d, "ids": len(ids),
                  "kind": _kind_of(index)}
@@ -437,6 +426,67 @@ def _ids(ids: Sequence[Any] | np.ndarray, n: int) -> np.ndarray:
         raise ValueError(f"ids must be unique; {unique[counts > 1][0].item()!r} appears "
                          f"{counts[counts > 1][0]} times")
     return array
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """meta.json parsed, with every key `load` uses present and of the type `save` writes."""
+    try:
+        meta = json.loads(path.read_bytes())
+    except ValueError as err:  # not JSON, or not UTF-8
+        raise DataError(f"unreadable metadata ({err})", path=path) from err
+    if not isinstance(meta, dict):
+        raise DataError(f"metadata must be a JSON object, got {type(meta).__name__}", path=path)
+    if meta.get("format") != FORMAT_VERSION or isinstance(meta.get("format"), bool) \
+            or meta.get("kind") not in KINDS:
+        raise DataError(
+            f"unknown index format {meta.get('format')!r} / kind {meta.get('kind')!r}; this "
+            f"twotower writes format {FORMAT_VERSION}", path=path)
+    absent = {"count", "dim", "params", "normalized"} - set(meta)
+    if absent:
+        raise DataError(f"metadata lacks {sorted(absent)}", path=path)
+    wrong = _meta_problems(meta)
+    if wrong:
+        raise DataError(f"bad metadata: {'; '.join(wrong)}", path=path)
+    return meta
+
+
+def _meta_problems(meta: dict[str, Any]) -> list[str]:
+    """What is wrong with the values of a meta.json that has all its keys; [] when none."""
+    problems = [f"{key} must be a non-negative integer, got {meta[key]!r}"
+                for key in ("count", "dim")
+                if isinstance(meta[key], bool) or not isinstance(meta[key], int) or meta[key] < 0]
+    if not isinstance(meta["normalized"], bool):
+        problems.append(f"normalized must be true or false, got {meta['normalized']!r}")
+    if not isinstance(meta.get("source"), str | None):
+        problems.append(f"source must be a string or null, got {meta['source']!r}")
+    params = meta["params"]
+    names = set(default_params(meta["kind"], 1, 1))  # the names depend on the kind alone
+    if not isinstance(params, dict) or set(params) != names:
+        problems.append(f"{meta['kind']} params must be {sorted(names)}, got {params!r}")
+    elif not problems:
+        try:
+            _check_params(meta["kind"], params, meta["count"], meta["dim"])
+        except ValueError as err:
+            problems.append(str(err))
+    return problems
+
+
+def _read_ids(path: Path) -> np.ndarray:
+    """The item_id column of ids.parquet, held to what `build` asks of ids."""
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"unreadable id table ({_first_line(err)})", path=path) from err
+    if "item_id" not in table.column_names:
+        raise DataError(f"no item_id column (columns: {table.column_names})", path=path)
+    column = table.column("item_id")
+    if column.null_count:
+        raise DataError(f"{column.null_count} ids are null", path=path, column="item_id")
+    values = column.to_numpy(zero_copy_only=False)
+    try:
+        return _ids(values, len(values))  # `load` compares the count with the index's
+    except (TypeError, ValueError) as err:
+        raise DataError(str(err), path=path, column="item_id") from err
 
 
 def _is_text(dtype: np.dtype) -> bool:
