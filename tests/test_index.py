@@ -3,7 +3,9 @@ exclusion never leaks and never shortens the top-k, and saved folders reopen or 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tracemalloc
 
 import faiss
 import numpy as np
@@ -12,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import twotower.index as index_module
 from twotower.files import DataError
 from twotower.index import KINDS, ItemIndex, default_params, exact_search
 
@@ -54,8 +57,6 @@ def test_flat_search_equals_torch_topk(catalog):
 
 def test_exact_search_in_torch_equals_faiss_flat_across_chunks(catalog, monkeypatch):
     vectors, _, queries = catalog
-    import twotower.index as index_module
-
     monkeypatch.setattr(index_module, "_TOPK_ELEMENTS", N * 7)  # 7 queries per chunk
     items, q = torch.from_numpy(_normalized(vectors)), torch.from_numpy(_normalized(queries))
     scores, rows = exact_search(items, q, 30)
@@ -139,6 +140,8 @@ def test_save_load_round_trip(catalog, tmp_path, kind):
         == (kind, index.params, "emb.parquet", True, N, D)
     meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
     assert meta["count"] == N and meta["dim"] == D and meta["kind"] == kind
+    assert meta["sha256"] == {name: hashlib.sha256((tmp_path / "idx" / name).read_bytes())
+                              .hexdigest() for name in ("index.faiss", "ids.parquet")}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temporary left
 
 
@@ -150,6 +153,9 @@ def test_loading_a_folder_whose_files_do_not_match_fails_clearly(catalog, tmp_pa
     with pytest.raises(DataError, match=r"not an index folder: missing ids\.parquet"):
         ItemIndex.load(tmp_path / "a")
     (tmp_path / "b" / "ids.parquet").replace(tmp_path / "a" / "ids.parquet")
+    with pytest.raises(DataError, match=r"a/ids\.parquet: checksum mismatch"):
+        ItemIndex.load(tmp_path / "a")
+    _edit_meta(tmp_path / "a", _legacy)  # without checksums, the files are cross-checked
     with pytest.raises(DataError, match="files do not match: ids 100 \\(metadata says 3000\\)"):
         ItemIndex.load(tmp_path / "a")
     (tmp_path / "b" / "index.faiss").replace(tmp_path / "a" / "index.faiss")
@@ -175,20 +181,90 @@ def _edit_meta(folder, change) -> None:
     (folder / "meta.json").write_text(json.dumps(change(meta)))
 
 
+def _legacy(meta: dict) -> dict:
+    """meta.json as saved before checksums were recorded."""
+    return {key: value for key, value in meta.items() if key != "sha256"}
+
+
+def _restamped(folder):
+    """A meta editor recording the files' current sha256, as if they had been saved so."""
+    def change(meta):
+        return {**meta, "sha256": {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+                                   for name in ("index.faiss", "ids.parquet")}}
+    return change
+
+
+def _flip(path, at: float, count: int = 64) -> None:
+    """XOR `count` bytes of a file from the fraction `at` of its length on."""
+    data = bytearray(path.read_bytes())
+    start = int(len(data) * at)
+    for i in range(start, min(len(data), start + count)):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_flipped_bytes_in_index_faiss_fail_the_checksum(catalog, tmp_path, kind):
+    folder = _saved(catalog, tmp_path / "idx", kind)
+    _flip(folder / "index.faiss", 0.5)
+    listing = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(DataError, match=r"idx/index\.faiss: checksum mismatch, the file is "
+                                        r"damaged or was changed \(sha256 [0-9a-f]{12}…, "
+                                        r"meta\.json records [0-9a-f]{12}…\); rebuild the index"):
+        ItemIndex.load(folder, device="cpu")
+    assert sorted(p.name for p in folder.iterdir()) == listing  # load reads, never writes
+
+
+def test_a_damaged_digest_in_meta_json_shows_in_the_mismatch(catalog, tmp_path):
+    folder = _saved(catalog, tmp_path / "idx")
+    _edit_meta(folder, lambda meta: {**meta, "sha256": {**meta["sha256"], "ids.parquet": "0" * 64}})
+    with pytest.raises(DataError, match=r"idx/ids\.parquet: checksum mismatch.*\(sha256 "
+                                        r"[0-9a-f]{12}…, meta\.json records 000000000000…\)"):
+        ItemIndex.load(folder, device="cpu")
+
+
+def test_flipped_vector_bytes_load_unnoticed_without_a_checksum(catalog, tmp_path):
+    """Why the checksum is needed: a flat index's vectors parse whatever their bytes are."""
+    folder = _saved(catalog, tmp_path / "idx")
+    _flip(folder / "index.faiss", 0.5)
+    _edit_meta(folder, _legacy)
+    scores = ItemIndex.load(folder, device="cpu").search(catalog[2][:20], 5)[0]
+    assert np.abs(scores).max() > 1.01  # not a cosine: garbage
+
+
+def test_an_index_saved_without_checksums_still_loads(catalog, tmp_path):
+    queries = catalog[2]
+    folder = _saved(catalog, tmp_path / "idx", "hnsw")
+    expected = ItemIndex.load(folder, device="cpu").search(queries, 5)
+    _edit_meta(folder, _legacy)
+    again = ItemIndex.load(folder, device="cpu")
+    np.testing.assert_array_equal(again.search(queries, 5)[1], expected[1])
+    again.save(folder)  # saving it again records the checksums
+    assert set(json.loads((folder / "meta.json").read_text())["sha256"]) == \
+        {"index.faiss", "ids.parquet"}
+
+
+@pytest.mark.parametrize("stamp", ["checksums", "legacy"])
 @pytest.mark.parametrize(("damage", "message"), [
     ("truncated", "Parquet magic bytes not found"),
     ("garbage", "Parquet magic bytes not found"),
     ("empty", "file size is 0 bytes"),
 ])
-def test_damaged_ids_parquet_is_refused(catalog, tmp_path, damage, message):
+def test_damaged_ids_parquet_is_refused(catalog, tmp_path, stamp, damage, message):
     folder = _saved(catalog, tmp_path / "idx")
     path = folder / "ids.parquet"
     path.write_bytes({"truncated": path.read_bytes()[:-40], "garbage": b"\x00garbage" * 50,
                       "empty": b""}[damage])
-    with pytest.raises(DataError, match=rf"idx/ids\.parquet: unreadable id table \(.*{message}"):
+    if stamp == "legacy":
+        _edit_meta(folder, _legacy)
+        message = rf"idx/ids\.parquet: unreadable id table \(.*{message}"
+    else:
+        message = r"idx/ids\.parquet: checksum mismatch"
+    with pytest.raises(DataError, match=message):
         ItemIndex.load(folder, device="cpu")
 
 
+@pytest.mark.parametrize("stamp", ["checksums", "legacy"])
 @pytest.mark.parametrize(("table", "message"), [
     ({"item_id": ["p00000", "p00001", "p00000"]},
      r", column 'item_id': ids must be unique; 'p00000' appears 2 times"),
@@ -196,10 +272,13 @@ def test_damaged_ids_parquet_is_refused(catalog, tmp_path, damage, message):
     ({"item_id": ["a", None, "c"]}, r", column 'item_id': 1 ids are null"),
     ({"item_id": [0.5, 1.5, 2.5]}, r", column 'item_id': ids must be integers or strings"),
 ])
-def test_bad_ids_in_a_well_formed_ids_parquet_are_refused(catalog, tmp_path, table, message):
-    """An ids.parquet rewritten is held to the rules `build` holds ids to."""
+def test_bad_ids_in_a_well_formed_ids_parquet_are_refused(catalog, tmp_path, stamp, table,
+                                                          message):
+    """An ids.parquet rewritten (and its checksum updated, or none recorded) is held to the
+    rules `build` holds ids to."""
     folder = _saved(catalog, tmp_path / "idx", n=3)
     pq.write_table(pa.table(table), folder / "ids.parquet")
+    _edit_meta(folder, _legacy if stamp == "legacy" else _restamped(folder))
     with pytest.raises(DataError, match=rf"idx/ids\.parquet{message}"):
         ItemIndex.load(folder, device="cpu")
 
@@ -230,6 +309,8 @@ def test_unparsable_meta_json_is_refused(catalog, tmp_path, content, message):
     ({"params": {"nlist": 12}}, r"ivf params must be \['nlist', 'nprobe'\]"),
     ({"params": {"nlist": 12, "nprobe": "4"}}, r"ivf parameter nprobe must be a positive integer"),
     ({"params": {"nlist": 12, "nprobe": 13}}, r"nprobe=13 exceeds nlist=12"),
+    ({"sha256": "abc"}, r"sha256 must map \['ids\.parquet', 'index\.faiss'\] to hex digests"),
+    ({"sha256": {"index.faiss": "0" * 64}}, r"sha256 must map"),
 ])
 def test_meta_json_with_missing_keys_or_wrong_types_is_refused(catalog, tmp_path, change,
                                                                message):
@@ -238,6 +319,21 @@ def test_meta_json_with_missing_keys_or_wrong_types_is_refused(catalog, tmp_path
                                      if value is not None})
     with pytest.raises(DataError, match=rf"idx/meta\.json: .*{message}"):
         ItemIndex.load(folder, device="cpu")
+
+
+def test_file_hashes_stream_in_blocks(tmp_path):
+    path = tmp_path / "big.bin"
+    data = np.random.default_rng(0).bytes(32 << 20)
+    path.write_bytes(data)
+    del data
+    tracemalloc.start()
+    try:
+        digest = index_module._sha256(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert peak < 4 << 20, f"hashing a 32 MiB file held {peak} bytes at once"
 
 
 def test_a_bare_string_for_exclude_is_refused(catalog):

@@ -19,10 +19,16 @@ GPU (chunked matmul + top-k); else FAISS on CPU. The caller's code is the same i
 `search(queries, k, exclude=...)` drops the ids a query must not get back (the user's
 training items) and still returns k items: it asks the index for k + |excluded| candidates,
 and a query left short by an approximate index is searched again exhaustively.
+
+`save(dir)` writes index.faiss, ids.parquet and meta.json; meta.json records the sha256 of the
+other two, and `load` checks them before parsing anything, so a damaged or edited file is
+refused with a `DataError` instead of answering with garbage scores. Folders saved before
+checksums were recorded (meta.json without "sha256") still load, unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -45,6 +51,8 @@ __all__ = ["KINDS", "ItemIndex", "default_params", "exact_search"]
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 FORMAT_VERSION = 1
 _FILES = {"index": "index.faiss", "ids": "ids.parquet", "meta": "meta.json"}
+_HASHED = ("index", "ids")  # the files whose sha256 meta.json records
+_HASH_BLOCK = 1 << 20  # bytes read at a time when hashing: indexes can outgrow memory
 _FAISS_GPU_KINDS = ("flat", "ivf", "ivfpq")
 _TRAIN_POINTS_PER_LIST = 64  # k-means sample per coarse centroid (faiss wants ≥ 39)
 _ADD_BLOCK = 1 << 16  # vectors per `add` call, for the progress bar
@@ -178,13 +186,26 @@ class ItemIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], device: str = "auto") -> ItemIndex:
-        """Reopen a folder written by `save`, on `device`; raise `DataError` if it is not one."""
+        """Reopen a folder written by `save`, on `device`; raise `DataError` if it is not one.
+
+        index.faiss and ids.parquet must match the sha256 meta.json records, checked before
+        either is parsed. A folder saved before checksums were recorded loads unverified (its
+        files are still parsed and cross-checked, but changed vector bytes go unnoticed);
+        saving it again adds them.
+        """
         directory = Path(directory)
         paths = {name: directory / file for name, file in _FILES.items()}
         missing = [p.name for p in paths.values() if not p.is_file()]
         if missing:
             raise DataError(f"not an index folder: missing {', '.join(missing)}", path=directory)
         meta = _read_meta(paths["meta"])
+        recorded = meta.get("sha256", {})  # {} in folders saved before checksums were recorded
+        for file, digest in recorded.items():
+            actual = _sha256(directory / file)
+            if actual != digest:  # both shown: a damaged meta.json is told apart this way
+                raise DataError(f"checksum mismatch, the file is damaged or was changed (sha256 "
+                                f"{actual[:12]}…, meta.json records {digest[:12]}…); rebuild "
+                                "the index", path=directory / file)
         try:
             index = faiss.read_index(str(paths["index"]))
         except RuntimeError as err:
@@ -214,7 +235,10 @@ class ItemIndex:
         return cls(index, ids, engine=engine, resources=resources, **common)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write index.faiss, ids.parquet and meta.json to `directory`, atomically."""
+        """Write index.faiss, ids.parquet and meta.json to `directory`, atomically.
+
+        meta.json, written last, records the sha256 of the other two for `load` to check.
+        """
         directory = Path(directory)
         with atomic_path(directory) as tmp:
             tmp.mkdir()
@@ -223,7 +247,8 @@ class ItemIndex:
             meta = {"format": FORMAT_VERSION, "kind": self.kind, "dim": self.dim,
                     "count": len(self), "metric": "inner_product", "normalized": self.normalized,
                     "params": self.params, "source": self.source,
-                    "faiss_version": faiss.__version__}
+                    "faiss_version": faiss.__version__,
+                    "sha256": {_FILES[name]: _sha256(tmp / _FILES[name]) for name in _HASHED}}
             (tmp / _FILES["meta"]).write_text(json.dumps(meta, indent=2) + "\n")
         return directory
 
@@ -459,6 +484,11 @@ def _meta_problems(meta: dict[str, Any]) -> list[str]:
         problems.append(f"normalized must be true or false, got {meta['normalized']!r}")
     if not isinstance(meta.get("source"), str | None):
         problems.append(f"source must be a string or null, got {meta['source']!r}")
+    hashed = {_FILES[name] for name in _HASHED}
+    checksums = meta.get("sha256")
+    if "sha256" in meta and not (isinstance(checksums, dict) and set(checksums) == hashed
+                                 and all(isinstance(v, str) for v in checksums.values())):
+        problems.append(f"sha256 must map {sorted(hashed)} to hex digests, got {checksums!r}")
     params = meta["params"]
     names = set(default_params(meta["kind"], 1, 1))  # the names depend on the kind alone
     if not isinstance(params, dict) or set(params) != names:
@@ -487,6 +517,15 @@ def _read_ids(path: Path) -> np.ndarray:
         return _ids(values, len(values))  # `load` compares the count with the index's
     except (TypeError, ValueError) as err:
         raise DataError(str(err), path=path, column="item_id") from err
+
+
+def _sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in blocks so a file larger than memory hashes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _is_text(dtype: np.dtype) -> bool:
