@@ -76,7 +76,9 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
 _MODES = {1: "L", 3: "RGB"}
-_DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+# What PIL raises for a bad image: OSError mostly, SyntaxError for a broken PNG chunk met while
+# decoding (PngImagePlugin.ChunkStream.read), DecompressionBombError for absurd dimensions.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _TEXT_TYPES = frozenset({"string", "large_string", "string_view"})
 _BYTES_TYPES = frozenset({"binary", "large_binary", "binary_view"})
 _RESIZE_CHUNK = 4096  # images per block when converting arrays: bounds the float copy

@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import struct
+import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +42,23 @@ def _encode(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(buf, fmt)
     return buf.getvalue()
+
+
+def _broken_png() -> bytes:
+    """A PNG whose pixel data goes on in a second chunk with a garbage type: PIL meets it while
+    decoding and raises SyntaxError ("broken PNG file"), not OSError."""
+    png = _encode(_pixels(8, 8))
+    start = png.index(b"IDAT") - 4  # the chunk: length (4), type (4), data, CRC (4)
+    length = int.from_bytes(png[start : start + 4], "big")
+    data = png[start + 8 : start + 8 + length]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+
+    half = length // 2
+    garbled = chunk(b"IDAT", data[:half]) + chunk(b"\x00\x01\x02\x03", data[half:])
+    return png[:start] + garbled + png[start + 12 + length :]
 
 
 def _write_idx(path, array: np.ndarray, *, compress: bool) -> None:
@@ -269,11 +287,20 @@ def test_corrupt_image_names_it_or_is_skipped(tmp_path):
     (tmp_path / "a.png").write_bytes(_encode(good))
     (tmp_path / "b.png").write_bytes(_encode(_pixels())[:30])  # truncated
     (tmp_path / "c.jpg").write_bytes(b"not an image")
+    (tmp_path / "d.png").write_bytes(_broken_png())
     with pytest.raises(DataError, match=r"b\.png: unreadable image"):
         load_folder(tmp_path)
     data = load_folder(tmp_path, skip_bad=True)
-    assert data.skipped == ("b.png", "c.jpg") and data.ids == ["a.png"] and len(data) == 1
+    assert data.skipped == ("b.png", "c.jpg", "d.png") and data.ids == ["a.png"]
+    assert len(data) == 1
     assert torch.equal(data.images[0], torch.from_numpy(good).permute(2, 0, 1))
+
+
+def test_broken_png_chunk_names_the_file(tmp_path):
+    (tmp_path / "a.png").write_bytes(_encode(_pixels()))
+    (tmp_path / "b.png").write_bytes(_broken_png())
+    with pytest.raises(DataError, match=r"b\.png: unreadable image: broken PNG file"):
+        load_folder(tmp_path)
 
 
 def test_all_images_bad_names_the_folder(tmp_path):
@@ -320,11 +347,11 @@ def test_catalog_with_image_bytes_png_and_jpeg(tmp_path):
 
 def test_catalog_corrupt_image_names_file_row_and_item(tmp_path):
     path = tmp_path / "c.parquet"
-    _catalog(path, ["x", "y", "z"], image=[_encode(_pixels()), b"junk", None])
+    _catalog(path, ["x", "y", "z", "w"], image=[_encode(_pixels()), b"junk", None, _broken_png()])
     with pytest.raises(DataError, match=r"c\.parquet, column 'image': row 1 \(item_id 'y'\)"):
         load_catalog(path)
     data = load_catalog(path, skip_bad=True)
-    assert data.ids == ["x"] and data.skipped == ("y", "z")
+    assert data.ids == ["x"] and data.skipped == ("y", "z", "w")
 
 
 def test_catalog_missing_file_is_a_bad_image(tmp_path):
