@@ -445,13 +445,14 @@ def _folder_files(folder: Path) -> tuple[list[Path], Tensor | None, tuple[str, .
 
 def _image_files(root: Path, paths: Iterable[Path]) -> list[Path]:
     """The image files among `paths`, sorted; hidden ones (a part of the path under `root`
-    starting with ".", e.g. `.ipynb_checkpoints/`) left out."""
+    starting with ".", e.g. `.ipynb_checkpoints/`) left out. A dangling symlink is kept: it is
+    an image that cannot be read, for the decode loop to report or skip, not one to drop."""
     return sorted(
         p
         for p in paths
         if p.suffix.lower() in IMAGE_SUFFIXES
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        and p.is_file()
+        and (p.is_file() or (p.is_symlink() and not p.exists()))
     )
 
 

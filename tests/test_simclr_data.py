@@ -303,6 +303,14 @@ def test_broken_png_chunk_names_the_file(tmp_path):
         load_folder(tmp_path)
 
 
+def test_dangling_symlink_is_an_unreadable_image_not_a_missing_one(tmp_path):
+    (tmp_path / "a.png").write_bytes(_encode(_pixels()))
+    (tmp_path / "b.png").symlink_to(tmp_path / "deleted.png")
+    with pytest.raises(DataError, match=r"b\.png: unreadable image"):
+        load_folder(tmp_path)
+    assert load_folder(tmp_path, skip_bad=True).skipped == ("b.png",)
+
+
 def test_all_images_bad_names_the_folder(tmp_path):
     (tmp_path / "a.png").write_bytes(b"junk")
     with pytest.raises(DataError, match=rf"{tmp_path}: none of the 1 images"):
