@@ -385,8 +385,9 @@ def load_catalog(
     that is absolute, has a `..` part, or resolves (through symlinks) outside the catalog's
     folder is refused before any image is read, `skip_bad` or not: it is a request to read a
     file we must not, not a bad image. A null image or path, a missing file or undecodable bytes
-    is a bad image. `image` bytes are streamed in row batches, so the catalog's bytes are never
-    all in memory at once. `channels` defaults to 3.
+    is a bad image; its error names the row, the item_id and any image_path. `image` bytes are
+    streamed in row batches, so the catalog's bytes are never all in memory at once. `channels`
+    defaults to 3.
     """
     channels = _check_options(channels, size)
     path = Path(path)
@@ -395,14 +396,15 @@ def load_catalog(
     item_ids = _item_ids(path, catalog)
     if not item_ids:
         raise DataError("the catalog has no rows", path=path)
-    if column == "image_path":
-        paths = catalog.read(columns=[column]).column(0).to_pylist()
-        sources: Iterable[Path | bytes | None] = _safe_paths(path, paths)
-    else:
-        sources = _stream_bytes(catalog, column)
+    paths = catalog.read(columns=[column]).column(0).to_pylist() if column == "image_path" else None
+    sources: Iterable[Path | bytes | None] = (
+        _stream_bytes(catalog, column) if paths is None else _safe_paths(path, paths)
+    )
 
     def fail(i: int, reason: str) -> DataError:
-        return DataError(f"row {i} (item_id {item_ids[i]!r}): {reason}", path=path, column=column)
+        image = "" if paths is None else f", image_path {paths[i]!r}"  # PIL may not name it
+        return DataError(f"row {i} (item_id {item_ids[i]!r}{image}): {reason}", path=path,
+                         column=column)
 
     images, kept = _decode_all(
         sources,

@@ -362,10 +362,18 @@ def test_catalog_corrupt_image_names_file_row_and_item(tmp_path):
     assert data.ids == ["x"] and data.skipped == ("y", "z", "w")
 
 
+def test_catalog_corrupt_image_file_names_its_image_path(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "b.png").write_bytes(_broken_png())  # PIL's message names no file
+    _catalog(tmp_path / "c.parquet", ["y"], image_path=["img/b.png"])
+    with pytest.raises(DataError, match=r"row 0 \(item_id 'y', image_path 'img/b\.png'\): unre"):
+        load_catalog(tmp_path / "c.parquet")
+
+
 def test_catalog_missing_file_is_a_bad_image(tmp_path):
     path = tmp_path / "c.parquet"
     _catalog(path, [1], image_path=["gone.png"])
-    with pytest.raises(DataError, match=r"c\.parquet.*row 0 \(item_id '1'\).*gone\.png"):
+    with pytest.raises(DataError, match=r"c\.parquet.*row 0 \(item_id '1', image_path 'gone\.png"):
         load_catalog(path)
 
 
