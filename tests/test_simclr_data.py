@@ -282,6 +282,28 @@ def test_mismatched_shapes_without_size_name_the_file(tmp_path):
         load_folder(tmp_path, skip_bad=True)
 
 
+def test_size_if_mixed_resizes_a_mixed_folder_as_size_would(tmp_path):
+    # Several same-shape images before the odd one, so decoding restarts midway; the large
+    # JPEG is decoded at a reduced scale (draft) when resized, which the restart must repeat.
+    for name in ("a.png", "b.jpg", "c.png"):
+        (tmp_path / name).write_bytes(_encode(_pixels(20, 20), "JPEG" if "jpg" in name else "PNG"))
+    (tmp_path / "d.png").write_bytes(b"junk")
+    (tmp_path / "e.jpg").write_bytes(_encode(_pixels(96, 64), "JPEG"))
+    mixed = load_folder(tmp_path, size_if_mixed=8, skip_bad=True)
+    resized = load_folder(tmp_path, size=8, skip_bad=True)
+    assert mixed.images.shape == (4, 3, 8, 8) and torch.equal(mixed.images, resized.images)
+    assert mixed.ids == ["a.png", "b.jpg", "c.png", "e.jpg"] and mixed.skipped == ("d.png",)
+
+
+def test_size_if_mixed_keeps_one_shape_as_it_is(tmp_path):
+    pixels = [_pixels(20, 20), _pixels(20, 20)]
+    for i, p in enumerate(pixels):
+        (tmp_path / f"{i}.png").write_bytes(_encode(p))
+    data = load_folder(tmp_path, size_if_mixed=8)
+    assert torch.equal(data.images, torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2))
+    assert load_folder(tmp_path, size=8, size_if_mixed=16).images.shape == (2, 3, 8, 8)
+
+
 def test_corrupt_image_names_it_or_is_skipped(tmp_path):
     good = _pixels()
     (tmp_path / "a.png").write_bytes(_encode(good))
@@ -322,6 +344,8 @@ def test_bad_arguments_raise_value_error(tmp_path):
         load_folder(tmp_path, channels=2)
     with pytest.raises(ValueError, match="size"):
         load_folder(tmp_path, size=0)
+    with pytest.raises(ValueError, match="size_if_mixed"):
+        load_images(tmp_path, size_if_mixed=-1)
     with pytest.raises(ValueError, match="split"):
         load_idx(tmp_path, "valid")
 
@@ -368,6 +392,17 @@ def test_catalog_corrupt_image_file_names_its_image_path(tmp_path):
     _catalog(tmp_path / "c.parquet", ["y"], image_path=["img/b.png"])
     with pytest.raises(DataError, match=r"row 0 \(item_id 'y', image_path 'img/b\.png'\): unre"):
         load_catalog(tmp_path / "c.parquet")
+
+
+def test_catalog_of_mixed_bytes_streams_again_at_size_if_mixed(tmp_path):
+    path = tmp_path / "c.parquet"
+    images = [_encode(_pixels(20, 20)), _encode(_pixels(24, 32)), _encode(_pixels(20, 20))]
+    pq.write_table(pa.table({"item_id": [1, 2, 3], "image": images}), path, row_group_size=1)
+    with pytest.raises(DataError, match=r"row 1 \(item_id '2'\): image is 24x32 .*size_if_mixed="):
+        load_catalog(path)
+    mixed = load_images(path, size_if_mixed=16)
+    assert mixed.ids == ["1", "2", "3"] and mixed.images.shape == (3, 3, 16, 16)
+    assert torch.equal(mixed.images, load_catalog(path, size=16).images)
 
 
 def test_catalog_missing_file_is_a_bad_image(tmp_path):
