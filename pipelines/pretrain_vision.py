@@ -8,6 +8,11 @@ folder such as Fashion-MNIST, an .npz, an image folder), trains with `simclr_vis
 and writes `<run_dir>/pretrain_vision/` — the checkpoint `last.pt` (resumed from when present),
 `config.json` and `history.json` — with params, per-step loss, per-epoch loss and kNN accuracy
 and the checkpoint tracked in MLflow.
+
+Images of one size are trained on as they are. A source whose images differ in size (a real
+catalog) is resized, antialiased, to `--pretrain.image-size`: the size `embed_catalog` resizes
+the catalog to for this checkpoint, so training and embedding see the same pixels. `--resize`
+sets the size for every source instead.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +49,16 @@ class PretrainVisionConfig:
     """Labelled split of the same source for the kNN monitor (e.g. test); None: held-out train."""
     skip_bad: bool = False
     """Skip unreadable images (counted) instead of stopping."""
+    resize: int | None = None
+    """Resize every image to this side; None: resize mixed sizes only, to pretrain.image_size."""
     device: str = "auto"
     """cpu, cuda, or auto (cuda when available)."""
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     """SimCLR settings; the stage sets their `device` and `checkpoint_dir` (its folder)."""
+
+    def __post_init__(self) -> None:
+        if self.resize is not None and self.resize <= 0:
+            raise ValueError(f"resize must be a positive side in pixels or None, got {self.resize}")
 
     @property
     def out_dir(self) -> Path:
@@ -59,10 +71,12 @@ def run(cfg: PretrainVisionConfig) -> dict[str, Any]:
         train_cfg = dataclasses.replace(cfg.pretrain, device=device,
                                         checkpoint_dir=str(cfg.out_dir))
         cfg = dataclasses.replace(cfg, pretrain=train_cfg)
-        images = load_images(cfg.source, split=cfg.split, skip_bad=cfg.skip_bad)
+        load = partial(load_images, cfg.source, size=cfg.resize,
+                       size_if_mixed=cfg.pretrain.image_size)
+        images = load(split=cfg.split, skip_bad=cfg.skip_bad)
         monitor = None
         if cfg.monitor_split is not None:
-            test = load_images(cfg.source, split=cfg.monitor_split)
+            test = load(split=cfg.monitor_split)
             monitor = (test.images, test.labels) if test.labels is not None else None
         tracking = stage_run(STAGE, cfg, cfg.run_dir) if is_main() else contextlib.nullcontext()
         with tracking as tracker:
@@ -71,6 +85,7 @@ def run(cfg: PretrainVisionConfig) -> dict[str, Any]:
             result = pretrain(images.images, cfg.pretrain, labels=images.labels,
                               monitor=monitor, log=tracker.log if tracker else None)
             summary = {"checkpoint": str(result.checkpoint), "images": len(images),
+                       "image_shape": list(images.images.shape[1:]),  # (C, H, W) trained on
                        "skipped": len(images.skipped), **result.history[-1]}
             if tracker is not None:
                 with atomic_path(cfg.out_dir / "history.json") as tmp:

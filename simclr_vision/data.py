@@ -13,10 +13,12 @@ Four sources, one result (`ImageSet`):
 `load_images` picks one of them from what `source` is. Image files and bytes are decoded with
 PIL into a preallocated tensor, converted to `channels` (default 3: RGB, so grayscale and colour
 catalogs give one shape) and resized to `size`×`size` with PIL's antialiased bilinear filter
-(the aspect ratio is not kept). Every bad input raises `twotower.files.DataError` naming the
-file, and for catalogs the row and item_id; `skip_bad=True` skips unreadable images instead and
-names them in `ImageSet.skipped`. Rejections that are not about a bad image (an `image_path`
-escaping the catalog's folder, images of different shapes without `size`) raise even then.
+(the aspect ratio is not kept). `size_if_mixed` resizes only a source whose images differ in
+shape, so one of a single shape keeps its pixels while a real, mixed catalog still loads. Every
+bad input raises `twotower.files.DataError` naming the file, and for catalogs the row and
+item_id; `skip_bad=True` skips unreadable images instead and names them in `ImageSet.skipped`.
+Rejections that are not about a bad image (an `image_path` escaping the catalog's folder,
+images of different shapes without `size` or `size_if_mixed`) raise even then.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -76,7 +79,9 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
 _MODES = {1: "L", 3: "RGB"}
-_DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+# What PIL raises for a bad image: OSError mostly, SyntaxError for a broken PNG chunk met while
+# decoding (PngImagePlugin.ChunkStream.read), DecompressionBombError for absurd dimensions.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _TEXT_TYPES = frozenset({"string", "large_string", "string_view"})
 _BYTES_TYPES = frozenset({"binary", "large_binary", "binary_view"})
 _RESIZE_CHUNK = 4096  # images per block when converting arrays: bounds the float copy
@@ -339,6 +344,7 @@ def load_folder(
     folder: PathLike,
     *,
     size: int | None = None,
+    size_if_mixed: int | None = None,
     channels: int | None = None,
     skip_bad: bool = False,
     progress: bool = False,
@@ -349,17 +355,18 @@ def load_folder(
     recursively), whose sorted names are `classes` and give the labels. ids are the paths
     relative to `folder`, "/"-separated. `channels` defaults to 3.
     """
-    channels = _check_options(channels, size)
+    channels = _check_options(channels, size, size_if_mixed)
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError("not a folder", path=folder)
     files, labels, classes = _folder_files(folder)
     ids = [file.relative_to(folder).as_posix() for file in files]
     images, kept = _decode_all(
-        files,
+        lambda: files,
         len(files),
         channels=channels,
         size=size,
+        size_if_mixed=size_if_mixed,
         skip_bad=skip_bad,
         progress=progress,
         origin=folder,
@@ -372,6 +379,7 @@ def load_catalog(
     path: PathLike,
     *,
     size: int | None = None,
+    size_if_mixed: int | None = None,
     channels: int | None = None,
     skip_bad: bool = False,
     progress: bool = False,
@@ -383,30 +391,31 @@ def load_catalog(
     that is absolute, has a `..` part, or resolves (through symlinks) outside the catalog's
     folder is refused before any image is read, `skip_bad` or not: it is a request to read a
     file we must not, not a bad image. A null image or path, a missing file or undecodable bytes
-    is a bad image. `image` bytes are streamed in row batches, so the catalog's bytes are never
-    all in memory at once. `channels` defaults to 3.
+    is a bad image; its error names the row, the item_id and any image_path. `image` bytes are
+    streamed in row batches, so the catalog's bytes are never all in memory at once. `channels`
+    defaults to 3.
     """
-    channels = _check_options(channels, size)
+    channels = _check_options(channels, size, size_if_mixed)
     path = Path(path)
     catalog = _open_parquet(path)
     column = _image_column(path, catalog.schema_arrow)
     item_ids = _item_ids(path, catalog)
     if not item_ids:
         raise DataError("the catalog has no rows", path=path)
-    if column == "image_path":
-        paths = catalog.read(columns=[column]).column(0).to_pylist()
-        sources: Iterable[Path | bytes | None] = _safe_paths(path, paths)
-    else:
-        sources = _stream_bytes(catalog, column)
+    paths = catalog.read(columns=[column]).column(0).to_pylist() if column == "image_path" else None
+    resolved = None if paths is None else _safe_paths(path, paths)  # refused before any decode
 
     def fail(i: int, reason: str) -> DataError:
-        return DataError(f"row {i} (item_id {item_ids[i]!r}): {reason}", path=path, column=column)
+        image = "" if paths is None else f", image_path {paths[i]!r}"  # PIL may not name it
+        return DataError(f"row {i} (item_id {item_ids[i]!r}{image}): {reason}", path=path,
+                         column=column)
 
     images, kept = _decode_all(
-        sources,
+        lambda: _stream_bytes(catalog, column) if resolved is None else resolved,
         len(item_ids),
         channels=channels,
         size=size,
+        size_if_mixed=size_if_mixed,
         skip_bad=skip_bad,
         progress=progress,
         origin=path,
@@ -443,13 +452,14 @@ def _folder_files(folder: Path) -> tuple[list[Path], Tensor | None, tuple[str, .
 
 def _image_files(root: Path, paths: Iterable[Path]) -> list[Path]:
     """The image files among `paths`, sorted; hidden ones (a part of the path under `root`
-    starting with ".", e.g. `.ipynb_checkpoints/`) left out."""
+    starting with ".", e.g. `.ipynb_checkpoints/`) left out. A dangling symlink is kept: it is
+    an image that cannot be read, for the decode loop to report or skip, not one to drop."""
     return sorted(
         p
         for p in paths
         if p.suffix.lower() in IMAGE_SUFFIXES
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        and p.is_file()
+        and (p.is_file() or (p.is_symlink() and not p.exists()))
     )
 
 
@@ -534,7 +544,46 @@ def _stream_bytes(catalog: pq.ParquetFile, column: str) -> Iterator[bytes | None
         yield from batch.column(0).to_pylist()
 
 
+class _MixedSizes(Exception):
+    """Image `index` has another shape than the first: `_decode_into` stops at it."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 def _decode_all(
+    sources: Callable[[], Iterable[Path | bytes | None]],
+    n: int,
+    *,
+    channels: int,
+    size: int | None,
+    size_if_mixed: int | None,
+    skip_bad: bool,
+    progress: bool,
+    origin: Path,
+    fail: Callable[[int, str], DataError],
+) -> tuple[Tensor, list[int]]:
+    """Decode n images into one uint8 (kept, C, H, W) tensor; return it and the kept indices.
+
+    `sources()` gives the n sources afresh on each call. Without `size` the images keep their
+    own shape; at the first image whose shape differs, decoding starts over at
+    `size_if_mixed`×`size_if_mixed`, or without it `fail(i, reason)` names that image. Starting
+    over decodes exactly what `size=size_if_mixed` would, at the cost of decoding the images
+    before the odd one twice.
+    """
+    decode = partial(_decode_into, n=n, channels=channels, skip_bad=skip_bad,
+                     progress=progress, origin=origin, fail=fail)
+    try:
+        return decode(sources(), size=size)
+    except _MixedSizes as mixed:  # leaving the block frees the first tensor, held by its frame
+        odd, reason = mixed.index, str(mixed)
+    if size_if_mixed is None:
+        raise fail(odd, f"{reason}; pass size= or size_if_mixed= to resize every image")
+    return decode(sources(), size=size_if_mixed)
+
+
+def _decode_into(
     sources: Iterable[Path | bytes | None],
     n: int,
     *,
@@ -545,7 +594,7 @@ def _decode_all(
     origin: Path,
     fail: Callable[[int, str], DataError],
 ) -> tuple[Tensor, list[int]]:
-    """Decode n images into one uint8 (kept, C, H, W) tensor; return it and the kept indices.
+    """One decoding pass of `_decode_all`; raises _MixedSizes at an image of another shape.
 
     The tensor is allocated once the first image gives H and W (or from `size`), so no list of
     decoded images is ever held. `fail(i, reason)` builds the error naming source i.
@@ -566,10 +615,10 @@ def _decode_all(
             out = torch.empty((n, channels, *pixels.shape[:2]), dtype=torch.uint8)
             view = out.numpy()
         elif pixels.shape[:2] != out.shape[2:]:
-            raise fail(
+            raise _MixedSizes(
                 i,
                 f"image is {pixels.shape[0]}x{pixels.shape[1]} (HxW) but the first is "
-                f"{out.shape[2]}x{out.shape[3]}; pass size= to resize every image",
+                f"{out.shape[2]}x{out.shape[3]}",
             )
         view[len(kept)] = pixels.transpose(2, 0, 1)
         kept.append(i)
@@ -611,13 +660,20 @@ def _image_set(
     )
 
 
-def _check_options(channels: int | None, size: int | None, *, default: int = 3) -> int:
-    """Reject bad `channels` / `size` arguments; return channels with None as `default`."""
+def _check_options(
+    channels: int | None,
+    size: int | None,
+    size_if_mixed: int | None = None,
+    *,
+    default: int = 3,
+) -> int:
+    """Reject bad `channels` / `size` / `size_if_mixed`; return channels with None as `default`."""
     channels = default if channels is None else channels
     if channels not in _MODES:
         raise ValueError(f"channels must be 1, 3 or None, got {channels!r}")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-        raise ValueError(f"size must be a positive integer or None, got {size!r}")
+    for name, side in (("size", size), ("size_if_mixed", size_if_mixed)):
+        if side is not None and (isinstance(side, bool) or not isinstance(side, int) or side <= 0):
+            raise ValueError(f"{name} must be a positive integer or None, got {side!r}")
     return channels
 
 
@@ -630,6 +686,7 @@ def load_images(
     *,
     split: Split = "train",
     size: int | None = None,
+    size_if_mixed: int | None = None,
     channels: int | None = None,
     skip_bad: bool = False,
 ) -> ImageSet:
@@ -640,12 +697,14 @@ def load_images(
     on a source without splits is an error (it would silently give the training images).
     `size` and `channels` apply to every kind: idx and npz arrays are converted here (channels
     by repetition or ITU-R 601 luma, like PIL's "L"; size by antialiased bilinear resizing),
-    files as they are decoded; `channels=None` keeps an array's channels. `skip_bad` concerns
-    image files only.
+    files as they are decoded; `channels=None` keeps an array's channels. `size_if_mixed`
+    (resize only images of differing shapes) and `skip_bad` concern image files only: an
+    array holds images of one shape.
     """
     source = Path(source)
     if split not in _IDX_PREFIX:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    _check_options(channels, size, size_if_mixed)  # before anything is read
     if not source.exists():
         raise DataError("no such file or folder", path=source)
     if source.is_dir() and _has_idx(source, split):
@@ -657,12 +716,14 @@ def load_images(
             path=source,
         )
     if source.is_dir():
-        return load_folder(source, size=size, channels=channels, skip_bad=skip_bad)
+        return load_folder(source, size=size, size_if_mixed=size_if_mixed, channels=channels,
+                           skip_bad=skip_bad)
     suffix = source.suffix.lower()
     if suffix == ".npz":
         return _conform(load_npz(source), channels=channels, size=size)
     if suffix in (".parquet", ".pq"):
-        return load_catalog(source, size=size, channels=channels, skip_bad=skip_bad)
+        return load_catalog(source, size=size, size_if_mixed=size_if_mixed, channels=channels,
+                            skip_bad=skip_bad)
     raise DataError(
         "unknown kind of image source: expected an idx folder, an image folder, "
         "a .npz or a .parquet catalog",

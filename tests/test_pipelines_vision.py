@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import mlflow
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from pipelines.config import parse_config
 from pipelines.embed_catalog import EmbedCatalogConfig
@@ -15,9 +19,26 @@ from pipelines.pretrain_vision import PretrainVisionConfig
 from pipelines.pretrain_vision import run as run_pretrain
 from pipelines.tracking import tracking_uri
 from simclr_vision.pretrain import PretrainConfig
+from twotower.files import DataError
 from twotower.synthetic import ShopConfig, make_shop, write_shop
+from twotower.vectors import read_vectors
 
 pytestmark = pytest.mark.usefixtures("local_mlflow")
+
+
+def _png(height: int, width: int, seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _tiny(run_dir, source, **stage) -> PretrainVisionConfig:
+    return PretrainVisionConfig(
+        source=str(source), run_dir=str(run_dir), device="cpu", **stage,
+        pretrain=PretrainConfig(arch="resnet_narrow", width=4, image_size=16, epochs=1,
+                                batch_size=32, log_every=1, progress=False),
+    )
 
 
 def test_pretrain_then_embed_the_catalog(tmp_path):
@@ -53,6 +74,43 @@ def test_pretrain_then_embed_the_catalog(tmp_path):
     assert pq.read_table(out["embeddings"]).num_rows == 128
 
 
+@pytest.mark.parametrize(("shapes", "trained_on"), [
+    ([(20, 20), (32, 24)], [3, 16, 16]),  # mixed: resized to pretrain.image_size
+    ([(20, 20)], [3, 20, 20]),  # one size: kept as it is, as before
+])
+def test_catalog_images_of_mixed_sizes_pretrain_and_embed(tmp_path, shapes, trained_on):
+    catalog = tmp_path / "catalog.parquet"
+    images = [_png(*shapes[i % len(shapes)], seed=i) for i in range(64)]
+    pq.write_table(pa.table({"item_id": range(64), "image": images}), catalog)
+    run_dir = tmp_path / "run"
+    summary = run_pretrain(_tiny(run_dir, catalog))
+    assert summary["images"] == 64 and summary["image_shape"] == trained_on
+    out = run_embed(EmbedCatalogConfig(catalog=str(catalog), run_dir=str(run_dir), device="cpu"))
+    assert out["items"] == 64 and out["skipped"] == 0
+    embedded = read_vectors(out["embeddings"])
+    assert embedded.ids.tolist() == [str(i) for i in range(64)]
+    assert embedded.metadata["image_size"] == 16  # the size mixed images were trained at
+
+
+def test_resize_sets_the_size_for_a_folder_of_one_size(tmp_path):
+    for i in range(32):
+        (tmp_path / f"{i:02}.png").write_bytes(_png(20, 20, seed=i))
+    summary = run_pretrain(_tiny(tmp_path / "run", tmp_path, resize=12))
+    assert summary["image_shape"] == [3, 12, 12]
+
+
+def test_a_corrupt_image_in_a_folder_names_it_and_writes_nothing(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    for i in range(33):
+        (tmp_path / "imgs" / f"{i:02}.png").write_bytes(_png(20, 20, seed=i))
+    (tmp_path / "imgs" / "07.png").write_bytes(_png(20, 20, seed=7)[:40])  # truncated
+    with pytest.raises(DataError, match=r"imgs/07\.png: unreadable image"):
+        run_pretrain(_tiny(tmp_path / "run", tmp_path / "imgs"))
+    assert not (tmp_path / "run").exists()
+    summary = run_pretrain(_tiny(tmp_path / "run", tmp_path / "imgs", skip_bad=True))
+    assert summary["images"] == 32 and summary["skipped"] == 1
+
+
 def test_embed_without_a_checkpoint_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"run pipelines\.pretrain_vision first"):
         run_embed(EmbedCatalogConfig(catalog="c.parquet", run_dir=str(tmp_path)))
@@ -62,12 +120,15 @@ def test_stage_configs_come_from_the_command_line():
     cfg = parse_config(PretrainVisionConfig, [
         "--source", "imgs.npz", "--monitor-split", "test", "--skip-bad",
         "--pretrain.epochs", "3", "--pretrain.lr", "none", "--pretrain.optimizer", "adamw",
-        "--no-pretrain.amp", "--pretrain.small-images", "true",
+        "--no-pretrain.amp", "--pretrain.small-images", "true", "--resize", "48",
     ])
     assert cfg.source == "imgs.npz" and cfg.monitor_split == "test" and cfg.skip_bad
+    assert cfg.resize == 48 and parse_config(PretrainVisionConfig, ["--source", "x"]).resize is None
     assert cfg.pretrain == PretrainConfig(epochs=3, lr=None, optimizer="adamw", amp=False,
                                           small_images=True)
     with pytest.raises(SystemExit):
         parse_config(PretrainVisionConfig, ["--pretrain.optimizer", "adam", "--source", "x"])
     with pytest.raises(SystemExit):
         parse_config(PretrainVisionConfig, [])  # --source is required
+    with pytest.raises(ValueError, match="resize must be a positive side"):
+        PretrainVisionConfig(source="x", resize=0)

@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import struct
+import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +42,23 @@ def _encode(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(buf, fmt)
     return buf.getvalue()
+
+
+def _broken_png() -> bytes:
+    """A PNG whose pixel data goes on in a second chunk with a garbage type: PIL meets it while
+    decoding and raises SyntaxError ("broken PNG file"), not OSError."""
+    png = _encode(_pixels(8, 8))
+    start = png.index(b"IDAT") - 4  # the chunk: length (4), type (4), data, CRC (4)
+    length = int.from_bytes(png[start : start + 4], "big")
+    data = png[start + 8 : start + 8 + length]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+
+    half = length // 2
+    garbled = chunk(b"IDAT", data[:half]) + chunk(b"\x00\x01\x02\x03", data[half:])
+    return png[:start] + garbled + png[start + 12 + length :]
 
 
 def _write_idx(path, array: np.ndarray, *, compress: bool) -> None:
@@ -264,16 +282,55 @@ def test_mismatched_shapes_without_size_name_the_file(tmp_path):
         load_folder(tmp_path, skip_bad=True)
 
 
+def test_size_if_mixed_resizes_a_mixed_folder_as_size_would(tmp_path):
+    # Several same-shape images before the odd one, so decoding restarts midway; the large
+    # JPEG is decoded at a reduced scale (draft) when resized, which the restart must repeat.
+    for name in ("a.png", "b.jpg", "c.png"):
+        (tmp_path / name).write_bytes(_encode(_pixels(20, 20), "JPEG" if "jpg" in name else "PNG"))
+    (tmp_path / "d.png").write_bytes(b"junk")
+    (tmp_path / "e.jpg").write_bytes(_encode(_pixels(96, 64), "JPEG"))
+    mixed = load_folder(tmp_path, size_if_mixed=8, skip_bad=True)
+    resized = load_folder(tmp_path, size=8, skip_bad=True)
+    assert mixed.images.shape == (4, 3, 8, 8) and torch.equal(mixed.images, resized.images)
+    assert mixed.ids == ["a.png", "b.jpg", "c.png", "e.jpg"] and mixed.skipped == ("d.png",)
+
+
+def test_size_if_mixed_keeps_one_shape_as_it_is(tmp_path):
+    pixels = [_pixels(20, 20), _pixels(20, 20)]
+    for i, p in enumerate(pixels):
+        (tmp_path / f"{i}.png").write_bytes(_encode(p))
+    data = load_folder(tmp_path, size_if_mixed=8)
+    assert torch.equal(data.images, torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2))
+    assert load_folder(tmp_path, size=8, size_if_mixed=16).images.shape == (2, 3, 8, 8)
+
+
 def test_corrupt_image_names_it_or_is_skipped(tmp_path):
     good = _pixels()
     (tmp_path / "a.png").write_bytes(_encode(good))
     (tmp_path / "b.png").write_bytes(_encode(_pixels())[:30])  # truncated
     (tmp_path / "c.jpg").write_bytes(b"not an image")
+    (tmp_path / "d.png").write_bytes(_broken_png())
     with pytest.raises(DataError, match=r"b\.png: unreadable image"):
         load_folder(tmp_path)
     data = load_folder(tmp_path, skip_bad=True)
-    assert data.skipped == ("b.png", "c.jpg") and data.ids == ["a.png"] and len(data) == 1
+    assert data.skipped == ("b.png", "c.jpg", "d.png") and data.ids == ["a.png"]
+    assert len(data) == 1
     assert torch.equal(data.images[0], torch.from_numpy(good).permute(2, 0, 1))
+
+
+def test_broken_png_chunk_names_the_file(tmp_path):
+    (tmp_path / "a.png").write_bytes(_encode(_pixels()))
+    (tmp_path / "b.png").write_bytes(_broken_png())
+    with pytest.raises(DataError, match=r"b\.png: unreadable image: broken PNG file"):
+        load_folder(tmp_path)
+
+
+def test_dangling_symlink_is_an_unreadable_image_not_a_missing_one(tmp_path):
+    (tmp_path / "a.png").write_bytes(_encode(_pixels()))
+    (tmp_path / "b.png").symlink_to(tmp_path / "deleted.png")
+    with pytest.raises(DataError, match=r"b\.png: unreadable image"):
+        load_folder(tmp_path)
+    assert load_folder(tmp_path, skip_bad=True).skipped == ("b.png",)
 
 
 def test_all_images_bad_names_the_folder(tmp_path):
@@ -287,6 +344,8 @@ def test_bad_arguments_raise_value_error(tmp_path):
         load_folder(tmp_path, channels=2)
     with pytest.raises(ValueError, match="size"):
         load_folder(tmp_path, size=0)
+    with pytest.raises(ValueError, match="size_if_mixed"):
+        load_images(tmp_path, size_if_mixed=-1)
     with pytest.raises(ValueError, match="split"):
         load_idx(tmp_path, "valid")
 
@@ -320,17 +379,36 @@ def test_catalog_with_image_bytes_png_and_jpeg(tmp_path):
 
 def test_catalog_corrupt_image_names_file_row_and_item(tmp_path):
     path = tmp_path / "c.parquet"
-    _catalog(path, ["x", "y", "z"], image=[_encode(_pixels()), b"junk", None])
+    _catalog(path, ["x", "y", "z", "w"], image=[_encode(_pixels()), b"junk", None, _broken_png()])
     with pytest.raises(DataError, match=r"c\.parquet, column 'image': row 1 \(item_id 'y'\)"):
         load_catalog(path)
     data = load_catalog(path, skip_bad=True)
-    assert data.ids == ["x"] and data.skipped == ("y", "z")
+    assert data.ids == ["x"] and data.skipped == ("y", "z", "w")
+
+
+def test_catalog_corrupt_image_file_names_its_image_path(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "b.png").write_bytes(_broken_png())  # PIL's message names no file
+    _catalog(tmp_path / "c.parquet", ["y"], image_path=["img/b.png"])
+    with pytest.raises(DataError, match=r"row 0 \(item_id 'y', image_path 'img/b\.png'\): unre"):
+        load_catalog(tmp_path / "c.parquet")
+
+
+def test_catalog_of_mixed_bytes_streams_again_at_size_if_mixed(tmp_path):
+    path = tmp_path / "c.parquet"
+    images = [_encode(_pixels(20, 20)), _encode(_pixels(24, 32)), _encode(_pixels(20, 20))]
+    pq.write_table(pa.table({"item_id": [1, 2, 3], "image": images}), path, row_group_size=1)
+    with pytest.raises(DataError, match=r"row 1 \(item_id '2'\): image is 24x32 .*size_if_mixed="):
+        load_catalog(path)
+    mixed = load_images(path, size_if_mixed=16)
+    assert mixed.ids == ["1", "2", "3"] and mixed.images.shape == (3, 3, 16, 16)
+    assert torch.equal(mixed.images, load_catalog(path, size=16).images)
 
 
 def test_catalog_missing_file_is_a_bad_image(tmp_path):
     path = tmp_path / "c.parquet"
     _catalog(path, [1], image_path=["gone.png"])
-    with pytest.raises(DataError, match=r"c\.parquet.*row 0 \(item_id '1'\).*gone\.png"):
+    with pytest.raises(DataError, match=r"c\.parquet.*row 0 \(item_id '1', image_path 'gone\.png"):
         load_catalog(path)
 
 
