@@ -7,7 +7,9 @@ Reads any image source `simclr_vision.data.load_images` knows (a catalog Parquet
 folder such as Fashion-MNIST, an .npz, an image folder), trains with `simclr_vision.pretrain`,
 and writes `<run_dir>/pretrain_vision/` — the checkpoint `last.pt` (resumed from when present),
 `config.json` and `history.json` — with params, per-step loss, per-epoch loss and kNN accuracy
-and the checkpoint tracked in MLflow.
+and the checkpoint tracked in MLflow. The checkpoint records its images' source and stamp
+(`twotower.files.source_stamp`): a folder trained on other images, or on a source changed
+since, is refused with both named rather than silently kept.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from pipelines.runtime import distributed_device, is_main
 from pipelines.tracking import stage_run
 from simclr_vision.data import load_images
 from simclr_vision.pretrain import PretrainConfig, pretrain
-from twotower.files import atomic_path
+from twotower.files import atomic_path, source_stamp
 
 STAGE = "pretrain_vision"
 
@@ -56,8 +59,10 @@ class PretrainVisionConfig:
 def run(cfg: PretrainVisionConfig) -> dict[str, Any]:
     """Train, checkpoint every epoch, and return the last epoch's metrics and the checkpoint."""
     with distributed_device(cfg.device) as device:
+        source = os.path.abspath(cfg.source)
         train_cfg = dataclasses.replace(cfg.pretrain, device=device,
-                                        checkpoint_dir=str(cfg.out_dir))
+                                        checkpoint_dir=str(cfg.out_dir),
+                                        data=f"{source} (stamp {source_stamp(source)})")
         cfg = dataclasses.replace(cfg, pretrain=train_cfg)
         images = load_images(cfg.source, split=cfg.split, skip_bad=cfg.skip_bad)
         monitor = None
@@ -66,8 +71,6 @@ def run(cfg: PretrainVisionConfig) -> dict[str, Any]:
             monitor = (test.images, test.labels) if test.labels is not None else None
         tracking = stage_run(STAGE, cfg, cfg.run_dir) if is_main() else contextlib.nullcontext()
         with tracking as tracker:
-            if tracker is not None:
-                save_config(cfg, cfg.out_dir / "config.json")
             result = pretrain(images.images, cfg.pretrain, labels=images.labels,
                               monitor=monitor, log=tracker.log if tracker else None)
             summary = {"checkpoint": str(result.checkpoint), "images": len(images),
@@ -75,6 +78,7 @@ def run(cfg: PretrainVisionConfig) -> dict[str, Any]:
             if tracker is not None:
                 with atomic_path(cfg.out_dir / "history.json") as tmp:
                     tmp.write_text(json.dumps(result.history, indent=2) + "\n")
+                save_config(cfg, cfg.out_dir / "config.json")  # last: a failure keeps the old
                 tracker.artifact(cfg.out_dir / "history.json")
                 tracker.artifact(result.checkpoint, folder="checkpoint")
         return summary
@@ -86,5 +90,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(summary, indent=2))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors and --threads, as `twotower pretrain_vision`
+    import sys
+
+    from pipelines.cli import main as cli
+
+    cli(["pretrain_vision", *sys.argv[1:]])

@@ -87,8 +87,6 @@ def run(cfg: TrainTwoTowerConfig) -> dict[str, Any]:
         catalog = _catalog(cfg.catalog, cfg.attributes) if cfg.attributes else None
         tracking = stage_run(STAGE, cfg, cfg.run_dir) if is_main() else contextlib.nullcontext()
         with tracking as tracker:
-            if tracker is not None:
-                save_config(cfg, cfg.out_dir / "config.json")
             result = fit(cfg.prepared_dir, cfg.train, embeddings=embeddings, catalog=catalog,
                          attributes=cfg.attributes, new_products=cfg.new_products,
                          log=tracker.log if tracker else None,
@@ -105,6 +103,7 @@ def run(cfg: TrainTwoTowerConfig) -> dict[str, Any]:
                             "best_epoch": result.best_epoch}, tmp)
             with atomic_path(cfg.out_dir / "history.json") as tmp:
                 tmp.write_text(json.dumps(result.history, indent=2) + "\n")
+            save_config(cfg, cfg.out_dir / "config.json")  # last: a failure keeps the old one
             for path in (cfg.out_dir / "history.json", cfg.out_dir / "model.pt"):
                 tracker.artifact(path, folder="model")
             for path in paths.values():
@@ -135,5 +134,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(summary, indent=2))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors and --threads, as `twotower train_two_tower`
+    import sys
+
+    from pipelines.cli import main as cli
+
+    cli(["train_two_tower", *sys.argv[1:]])

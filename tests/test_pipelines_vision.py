@@ -8,7 +8,7 @@ import mlflow
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import parse_config
+from pipelines.config import ConfigError, parse_config
 from pipelines.embed_catalog import EmbedCatalogConfig
 from pipelines.embed_catalog import run as run_embed
 from pipelines.pretrain_vision import PretrainVisionConfig
@@ -67,7 +67,7 @@ def test_stage_configs_come_from_the_command_line():
     assert cfg.source == "imgs.npz" and cfg.monitor_split == "test" and cfg.skip_bad
     assert cfg.pretrain == PretrainConfig(epochs=3, lr=None, optimizer="adamw", amp=False,
                                           small_images=True)
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match=r"--pretrain\.optimizer: invalid choice: 'adam'"):
         parse_config(PretrainVisionConfig, ["--pretrain.optimizer", "adam", "--source", "x"])
-    with pytest.raises(SystemExit):
-        parse_config(PretrainVisionConfig, [])  # --source is required
+    with pytest.raises(ConfigError, match="required: --source"):
+        parse_config(PretrainVisionConfig, [])
