@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import mlflow
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -15,6 +18,7 @@ from pipelines.pretrain_vision import PretrainVisionConfig
 from pipelines.pretrain_vision import run as run_pretrain
 from pipelines.tracking import tracking_uri
 from simclr_vision.pretrain import PretrainConfig
+from twotower.files import DataError
 from twotower.synthetic import ShopConfig, make_shop, write_shop
 
 pytestmark = pytest.mark.usefixtures("local_mlflow")
@@ -71,3 +75,41 @@ def test_stage_configs_come_from_the_command_line():
         parse_config(PretrainVisionConfig, ["--pretrain.optimizer", "adam", "--source", "x"])
     with pytest.raises(ConfigError, match="required: --source"):
         parse_config(PretrainVisionConfig, [])
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_stale_or_bad_inputs_leave_the_stage_folders_byte_identical(tmp_path):
+    """A finished SimCLR folder given other images (another catalog, or the same file changed)
+    refuses naming both sources; a failed embed keeps the old embeddings and config.json."""
+    catalogs = {}
+    for seed in (0, 1):
+        shop = make_shop(ShopConfig(num_items=64, num_users=10, num_interactions=100,
+                                    image_size=8, seed=seed))
+        catalogs[seed] = str(write_shop(shop, tmp_path / f"shop{seed}")["catalog"])
+    run_dir = tmp_path / "run"
+    cfg = PretrainVisionConfig(
+        source=catalogs[0], run_dir=str(run_dir), device="cpu",
+        pretrain=PretrainConfig(arch="resnet_narrow", width=4, image_size=8, epochs=1,
+                                batch_size=32, knn_every=0, progress=False))
+    run_pretrain(cfg)
+    run_embed(EmbedCatalogConfig(catalog=catalogs[0], run_dir=str(run_dir), device="cpu"))
+    pretrained, embedded = _files(run_dir / "pretrain_vision"), _files(run_dir / "embed_catalog")
+
+    with pytest.raises(ValueError, match="was trained on images from") as err:
+        run_pretrain(dataclasses.replace(cfg, source=catalogs[1]))
+    assert catalogs[0] in str(err.value) and catalogs[1] in str(err.value)
+    shutil.copyfile(catalogs[1], catalogs[0])  # the same path, other images
+    with pytest.raises(ValueError, match="was trained on images from"):
+        run_pretrain(cfg)
+    assert _files(run_dir / "pretrain_vision") == pretrained
+
+    broken = tmp_path / "broken.parquet"
+    pq.write_table(pa.table({"item_id": ["a", "b"], "image": [b"not a png", b"nor this"]}),
+                   broken)
+    with pytest.raises(DataError, match=r"broken\.parquet"):
+        run_embed(EmbedCatalogConfig(catalog=str(broken), run_dir=str(run_dir), device="cpu"))
+    assert _files(run_dir / "embed_catalog") == embedded
