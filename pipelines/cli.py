@@ -14,8 +14,8 @@ nests another stage's (`tune` has a `train_two_tower` config as `base`) fills it
 stage's table and the shared keys first, so `twotower tune --config configs/movielens.toml`
 tunes the model that file trains; its own table (`[tune.base.train]`) comes after.
 
-`--threads N` sets torch's (and FAISS's) CPU threads; on a busy or shared machine one thread
-per run is often several times faster than the default of one per core. An expected error (bad
+`--threads N` sets torch's (and FAISS's) CPU threads; on a busy or shared machine a run's
+share of the cores beats the default of one thread per core. An expected error (bad
 input, a bad option, a missing file, a folder in use) prints one line `twotower: error: ...`
 and exits with status 2; `--debug` shows its traceback instead.
 """

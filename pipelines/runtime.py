@@ -44,8 +44,7 @@ def is_main() -> bool:
 def set_threads(n: int) -> None:
     """Use `n` CPU threads in torch and, when it is installed, FAISS.
 
-    The default, one per core, loses badly when the cores are busy: training ran 9x faster
-    with one thread than with the default on a loaded machine.
+    The default, one per core, oversubscribes a machine whose cores other jobs are using.
     """
     torch.set_num_threads(n)
     try:
