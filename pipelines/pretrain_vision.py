@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from pipelines.runtime import distributed_device, is_main
 from pipelines.tracking import stage_run
 from simclr_vision.data import load_images
 from simclr_vision.pretrain import PretrainConfig, pretrain
-from twotower.files import atomic_path, source_stamp
+from twotower.files import atomic_path, stamped
 
 STAGE = "pretrain_vision"
 
@@ -59,10 +58,8 @@ class PretrainVisionConfig:
 def run(cfg: PretrainVisionConfig) -> dict[str, Any]:
     """Train, checkpoint every epoch, and return the last epoch's metrics and the checkpoint."""
     with distributed_device(cfg.device) as device:
-        source = os.path.abspath(cfg.source)
         train_cfg = dataclasses.replace(cfg.pretrain, device=device,
-                                        checkpoint_dir=str(cfg.out_dir),
-                                        data=f"{source} (stamp {source_stamp(source)})")
+                                        checkpoint_dir=str(cfg.out_dir), data=stamped(cfg.source))
         cfg = dataclasses.replace(cfg, pretrain=train_cfg)
         images = load_images(cfg.source, split=cfg.split, skip_bad=cfg.skip_bad)
         monitor = None

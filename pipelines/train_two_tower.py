@@ -30,7 +30,7 @@ import torch
 from pipelines.config import check_folder_name, parse_config, save_config
 from pipelines.runtime import distributed_device, is_main
 from pipelines.tracking import stage_run
-from twotower.files import DataError, atomic_path
+from twotower.files import DataError, atomic_path, stamped
 from twotower.train import TrainConfig, export_vectors, fit
 from twotower.vectors import read_vectors
 
@@ -81,7 +81,9 @@ class TrainTwoTowerConfig:
 def run(cfg: TrainTwoTowerConfig) -> dict[str, Any]:
     """Train, export the vectors, and return the best epoch's metrics and the file paths."""
     with distributed_device(cfg.device) as device:
-        train_cfg = dataclasses.replace(cfg.train, device=device, checkpoint_dir=str(cfg.out_dir))
+        inputs = [p for p in (cfg.prepared_dir, cfg.embeddings, cfg.catalog) if p is not None]
+        train_cfg = dataclasses.replace(cfg.train, device=device, checkpoint_dir=str(cfg.out_dir),
+                                        data=stamped(*inputs))
         cfg = dataclasses.replace(cfg, train=train_cfg)
         embeddings = read_vectors(cfg.embeddings) if cfg.embeddings else None
         catalog = _catalog(cfg.catalog, cfg.attributes) if cfg.attributes else None

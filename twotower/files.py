@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["DataError", "atomic_path", "clear_leftovers", "source_stamp"]
+__all__ = ["DataError", "atomic_path", "clear_leftovers", "source_stamp", "stamped"]
 
 HIDDEN = (".", "_")
 """File name prefixes a folder scan skips (.crc, _SUCCESS, our own temporaries)."""
@@ -134,3 +134,10 @@ def source_stamp(source: str | os.PathLike[str]) -> str:
         digest.update(f"{name.as_posix()}\0{stat.st_size}\0"
                       f"{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def stamped(*sources: str | os.PathLike[str]) -> str:
+    """The sources as `ABSOLUTE-PATH (stamp S)`, joined by "; ": what a checkpoint records of
+    its inputs, so it is resumed only on the same ones."""
+    return "; ".join(f"{os.path.abspath(source)} (stamp {source_stamp(source)})"
+                     for source in sources)
