@@ -83,5 +83,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return summary
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors and --threads, as `twotower build_index`
+    import sys
+
+    from pipelines.cli import main as cli
+
+    cli(["build_index", *sys.argv[1:]])

@@ -1,4 +1,4 @@
-"""`twotower STAGE [--config FILE.toml] [--set KEY=VALUE ...] [OPTIONS]`: every stage, one command.
+"""`twotower STAGE [--config FILE.toml] [--set KEY=VALUE ...] [--threads N] [--debug] [OPTIONS]`
 
     twotower demo
     twotower demo --config configs/fashion_mnist.toml
@@ -13,6 +13,11 @@ later ones win. Each stage's config class says what every option does. A stage w
 nests another stage's (`tune` has a `train_two_tower` config as `base`) fills it from that
 stage's table and the shared keys first, so `twotower tune --config configs/movielens.toml`
 tunes the model that file trains; its own table (`[tune.base.train]`) comes after.
+
+`--threads N` sets torch's (and FAISS's) CPU threads; on a busy or shared machine a run's
+share of the cores beats the default of one thread per core. An expected error (bad
+input, a bad option, a missing file, a folder in use) prints one line `twotower: error: ...`
+and exits with status 2; `--debug` shows its traceback instead.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from pipelines.config import ConfigError
+from pipelines.runtime import set_threads
 from twotower.files import DataError
 
 __all__ = ["STAGES", "main", "stage_argv"]
@@ -161,7 +168,7 @@ def _split(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
         if not inline:
             value = next(tokens, None)
             if value is None:
-                raise SystemExit(f"twotower: {name} needs a value")
+                raise ConfigError(f"{name} needs a value")
         if name == "--config":
             config = value
         else:
@@ -169,27 +176,58 @@ def _split(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
     return config, settings, rest
 
 
+def _threads(argv: list[str]) -> tuple[int | None, list[str]]:
+    """Pull `--threads N` out of argv."""
+    threads, rest = None, []
+    tokens = iter(argv)
+    for token in tokens:
+        name, inline, value = token.partition("=")
+        if name != "--threads":
+            rest.append(token)
+            continue
+        value = value if inline else next(tokens, "")
+        if not value.isdigit() or int(value) < 1:
+            raise ConfigError(f"--threads takes a positive integer, got {value!r}")
+        threads = int(value)
+    return threads, rest
+
+
 def _usage() -> str:
     return (__doc__ or "").split("\n\n")[0].strip() + "\n\nstages: " + ", ".join(STAGES)
 
 
+def _run(argv: list[str]) -> None:
+    stage, *rest = argv
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    module_name, class_name = STAGES[stage]
+    module = importlib.import_module(module_name)
+    config, settings, rest = _split(rest)
+    threads, rest = _threads(rest)
+    tokens = stage_argv(stage, getattr(module, class_name), config, settings)
+    if threads is not None:
+        set_threads(threads)
+    module.main(tokens + rest)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run `twotower STAGE ...` (the console script: its exit status is 0 unless it raises)."""
+    """Run `twotower STAGE ...` (the console script; `python -m pipelines.STAGE` comes here too).
+
+    Expected errors (`ValueError`s such as `DataError` and `ConfigError`, and `OSError`s such
+    as a missing file) end the process with one line on stderr and exit status 2.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return
-    stage, *rest = argv
-    if stage not in STAGES:
-        raise SystemExit(f"twotower: unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    module_name, class_name = STAGES[stage]
-    module = importlib.import_module(module_name)
-    config, settings, rest = _split(rest)
+    debug = "--debug" in argv
     try:
-        tokens = stage_argv(stage, getattr(module, class_name), config, settings)
-    except DataError as err:
-        raise SystemExit(f"twotower {stage}: {err}") from None
-    module.main(tokens + rest)
+        _run([token for token in argv if token != "--debug"])
+    except (ValueError, OSError) as err:
+        if debug:
+            raise
+        print(f"twotower: error: {' '.join(str(err).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -24,16 +24,33 @@ from typing import Any, TypeVar
 
 from twotower.files import atomic_path
 
-__all__ = ["check_folder_name", "parse_config", "resolve_device", "save_config"]
+__all__ = ["ConfigError", "check_folder_name", "parse_config", "resolve_device", "save_config"]
 
 T = TypeVar("T")
 
+COMMON = ("every stage also takes --config FILE.toml, --set KEY=VALUE, --threads N (torch's "
+          "CPU threads; 1 is often fastest on a busy machine) and --debug (tracebacks)")
+
+
+class ConfigError(ValueError):
+    """A command line or setting that does not fit the stage's config."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting: the caller says it once."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{message} (see --help)")
+
 
 def parse_config(cls: type[T], argv: Sequence[str] | None = None, *, description: str = "") -> T:
-    """Build `cls` from command-line arguments: one option per (nested) field."""
-    parser = argparse.ArgumentParser(
+    """Build `cls` from command-line arguments: one option per (nested) field.
+
+    `--help` prints and exits; anything else that does not fit raises `ConfigError`.
+    """
+    parser = _Parser(
         description=description or (cls.__doc__ or "").strip(),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=COMMON,
     )
     _add_fields(parser, cls, prefix="")
     args = vars(parser.parse_args(argv))

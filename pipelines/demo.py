@@ -187,5 +187,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return out
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors and --threads, as `twotower demo`
+    import sys
+
+    from pipelines.cli import main as cli
+
+    cli(["demo", *sys.argv[1:]])

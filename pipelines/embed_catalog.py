@@ -66,12 +66,12 @@ def run(cfg: EmbedCatalogConfig) -> dict[str, Any]:
             "first or pass --checkpoint"
         )
     with stage_run(STAGE, cfg, cfg.run_dir) as tracker:
-        save_config(cfg, cfg.out_dir / "config.json")
         out = embed_catalog(
             cfg.catalog, cfg.checkpoint_path, cfg.out_dir / "embeddings.parquet",
             batch_size=cfg.batch_size, normalize=cfg.normalize,
             device=resolve_device(cfg.device), skip_bad=cfg.skip_bad,
         )
+        save_config(cfg, cfg.out_dir / "config.json")  # after the work: a failure keeps the old
         footer = pq.read_metadata(out)
         meta = json.loads(footer.metadata[METADATA_KEY])
         summary = {"embeddings": str(out), "items": footer.num_rows,
@@ -85,5 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(run(parse_config(EmbedCatalogConfig, argv)), indent=2))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors and --threads, as `twotower embed_catalog`
+    import sys
+
+    from pipelines.cli import main as cli
+
+    cli(["embed_catalog", *sys.argv[1:]])

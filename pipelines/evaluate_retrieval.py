@@ -168,7 +168,6 @@ def run(cfg: EvaluateRetrievalConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     queries = load_queries(cfg.prepared_dir, cfg.split)
     with stage_run(STAGE, cfg, cfg.run_dir) as tracker:
-        save_config(cfg, cfg.out_dir / "config.json")
         table = evaluate(queries, _scorers(cfg, queries, device), ks=cfg.ks,
                          head_fraction=cfg.head_fraction, progress=True, n_boot=cfg.n_boot,
                          reference=cfg.reference)
@@ -178,6 +177,7 @@ def run(cfg: EvaluateRetrievalConfig) -> dict[str, Any]:
                  f"target they had not seen ({queries.dropped:,} left out whose every target "
                  "they had seen); training items masked."]
         paths = write_report(table, cfg.out_dir, notes=notes)
+        save_config(cfg, cfg.out_dir / "config.json")  # after the work: a failure keeps the old
         for path in paths.values():
             tracker.artifact(path, folder="report")
         k = 20 if 20 in cfg.ks else min(cfg.ks)
@@ -197,5 +197,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return summary
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors and --threads, as `twotower evaluate_retrieval`
+    import sys
+
+    from pipelines.cli import main as cli
+
+    cli(["evaluate_retrieval", *sys.argv[1:]])

@@ -239,5 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(run(parse_config(FiguresConfig, argv)), indent=2))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors and --threads, as `twotower figures`
+    import sys
+
+    from pipelines.cli import main as cli
+
+    cli(["figures", *sys.argv[1:]])

@@ -80,5 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(run(parse_config(MakeShopConfig, argv)), indent=2))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors and --threads, as `twotower make_shop`
+    import sys
+
+    from pipelines.cli import main as cli
+
+    cli(["make_shop", *sys.argv[1:]])

@@ -64,7 +64,7 @@ def run(cfg: PrepareStage) -> dict[str, Any]:
     manifest_path = cfg.folder / "manifest.json"
     if not cfg.force and _up_to_date(manifest_path, cfg):
         return _summary(json.loads(manifest_path.read_text()), cfg.folder, skipped=True)
-    with stage_run("prepare", cfg, cfg.run_dir) as tracking:
+    with stage_run("prepare", cfg, cfg.run_dir, folder=cfg.folder) as tracking:
         prepare(cfg.source, cfg.folder, cfg.data, log=tracking.log)
         tracking.artifact(manifest_path)
         summary = _summary(json.loads(manifest_path.read_text()), cfg.folder, skipped=False)
@@ -108,5 +108,9 @@ def _print(summary: dict[str, Any]) -> None:
           f"items {summary['items']:,} ({summary['cold_items']:,} cold)")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors and --threads, as `twotower prepare`
+    import sys
+
+    from pipelines.cli import main as cli
+
+    cli(["prepare", *sys.argv[1:]])

@@ -7,7 +7,9 @@ Reads any image source `simclr_vision.data.load_images` knows (a catalog Parquet
 folder such as Fashion-MNIST, an .npz, an image folder), trains with `simclr_vision.pretrain`,
 and writes `<run_dir>/pretrain_vision/` — the checkpoint `last.pt` (resumed from when present),
 `config.json` and `history.json` — with params, per-step loss, per-epoch loss and kNN accuracy
-and the checkpoint tracked in MLflow.
+and the checkpoint tracked in MLflow. The checkpoint records its images' source and stamp
+(`twotower.files.source_stamp`): a folder trained on other images, or on a source changed
+since, is refused with both named rather than silently kept.
 
 Images of one size are trained on as they are. A source whose images differ in size (a real
 catalog) is resized, antialiased, to `--pretrain.image-size`: the size `embed_catalog` resizes
@@ -30,7 +32,7 @@ from pipelines.runtime import distributed_device, is_main
 from pipelines.tracking import stage_run
 from simclr_vision.data import load_images
 from simclr_vision.pretrain import PretrainConfig, pretrain
-from twotower.files import atomic_path
+from twotower.files import atomic_path, stamped
 
 STAGE = "pretrain_vision"
 
@@ -69,7 +71,7 @@ def run(cfg: PretrainVisionConfig) -> dict[str, Any]:
     """Train, checkpoint every epoch, and return the last epoch's metrics and the checkpoint."""
     with distributed_device(cfg.device) as device:
         train_cfg = dataclasses.replace(cfg.pretrain, device=device,
-                                        checkpoint_dir=str(cfg.out_dir))
+                                        checkpoint_dir=str(cfg.out_dir), data=stamped(cfg.source))
         cfg = dataclasses.replace(cfg, pretrain=train_cfg)
         load = partial(load_images, cfg.source, size=cfg.resize,
                        size_if_mixed=cfg.pretrain.image_size)
@@ -80,8 +82,6 @@ def run(cfg: PretrainVisionConfig) -> dict[str, Any]:
             monitor = (test.images, test.labels) if test.labels is not None else None
         tracking = stage_run(STAGE, cfg, cfg.run_dir) if is_main() else contextlib.nullcontext()
         with tracking as tracker:
-            if tracker is not None:
-                save_config(cfg, cfg.out_dir / "config.json")
             result = pretrain(images.images, cfg.pretrain, labels=images.labels,
                               monitor=monitor, log=tracker.log if tracker else None)
             summary = {"checkpoint": str(result.checkpoint), "images": len(images),
@@ -90,6 +90,7 @@ def run(cfg: PretrainVisionConfig) -> dict[str, Any]:
             if tracker is not None:
                 with atomic_path(cfg.out_dir / "history.json") as tmp:
                     tmp.write_text(json.dumps(result.history, indent=2) + "\n")
+                save_config(cfg, cfg.out_dir / "config.json")  # last: a failure keeps the old
                 tracker.artifact(cfg.out_dir / "history.json")
                 tracker.artifact(result.checkpoint, folder="checkpoint")
         return summary
@@ -101,5 +102,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(summary, indent=2))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors and --threads, as `twotower pretrain_vision`
+    import sys
+
+    from pipelines.cli import main as cli
+
+    cli(["pretrain_vision", *sys.argv[1:]])

@@ -109,5 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(run(parse_config(ProbeVisionConfig, argv)), indent=2))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors and --threads, as `twotower probe_vision`
+    import sys
+
+    from pipelines.cli import main as cli
+
+    cli(["probe_vision", *sys.argv[1:]])

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from pipelines.config import resolve_device
 
-__all__ = ["distributed_device", "is_main"]
+__all__ = ["distributed_device", "is_main", "set_threads"]
 
 
 @contextmanager
@@ -39,3 +39,16 @@ def distributed_device(name: str) -> Iterator[str]:
 def is_main() -> bool:
     """True in a single process and on rank 0 of a process group."""
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def set_threads(n: int) -> None:
+    """Use `n` CPU threads in torch and, when it is installed, FAISS.
+
+    The default, one per core, oversubscribes a machine whose cores other jobs are using.
+    """
+    torch.set_num_threads(n)
+    try:
+        import faiss
+    except ImportError:  # the stages that need FAISS say so themselves
+        return
+    faiss.omp_set_num_threads(n)

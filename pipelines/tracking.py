@@ -4,11 +4,16 @@ The packages never import MLflow; their loops take a `log(metrics, step)` callba
 `stage_run` hands them one. By default runs go to a SQLite store inside the run folder
 (`<run_dir>/mlflow.db`, artifacts beside it) so a demo leaves nothing outside its folder;
 `MLFLOW_TRACKING_URI` points every stage at any other tracking server instead.
+
+A stage runs holding its run folder's lock (`pipelines.lock`), so it is the only writer there.
+That makes it safe to tidy what a killed run left: MLflow runs of the folder still RUNNING
+are marked KILLED, and the stage's half-written temporaries are removed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,10 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.tracking import MlflowClient
 
-__all__ = ["StageRun", "flat_params", "stage_run", "tracking_uri"]
+from pipelines.lock import hold
+from twotower.files import clear_leftovers
+
+__all__ = ["StageRun", "flat_params", "mark_killed", "stage_run", "tracking_uri"]
 
 EXPERIMENT = "twotower"
+RUN_DIR_TAG = "twotower.run_dir"
+"""Tag naming the run folder of every run, so a shared tracking server knows whose it is."""
+
+# A new SQLite store announces its schema migration at INFO on stderr, in every new run folder.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; remember the values we exported so
 # a later stage with another run folder is not mistaken for a user's tracking server.
@@ -65,20 +80,50 @@ class StageRun:
 
 
 @contextmanager
-def stage_run(stage: str, config: Any, run_dir: str | os.PathLike[str]) -> Iterator[StageRun]:
-    """Open the MLflow run of `stage`, with the config as params; nested if a run is active."""
+def stage_run(stage: str, config: Any, run_dir: str | os.PathLike[str],
+              folder: str | os.PathLike[str] | None = None) -> Iterator[StageRun]:
+    """Open the MLflow run of `stage`, with the config as params; nested if a run is active.
+
+    Holds `run_dir`'s lock throughout; clears the leftovers of killed writes in the stage's
+    `folder` (default `<run_dir>/<stage>`) and, on the outermost hold, marks the folder's
+    runs still RUNNING as KILLED: with the lock held, no live process owns them.
+    """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    local = _user_uri() is None
-    uri = tracking_uri(run_dir)
-    mlflow.set_tracking_uri(uri)
-    if local:
-        _EXPORTED.add(uri)
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        artifacts = (run_dir.resolve() / "mlartifacts").as_uri() if local else None
-        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
-    mlflow.set_experiment(EXPERIMENT)
-    nested = mlflow.active_run() is not None
-    with mlflow.start_run(run_name=stage, nested=nested) as run:
-        mlflow.log_params(flat_params(config))
-        yield StageRun(run.info.run_id)
+    with hold(run_dir) as outermost:
+        local = _user_uri() is None
+        uri = tracking_uri(run_dir)
+        mlflow.set_tracking_uri(uri)
+        if local:
+            _EXPORTED.add(uri)
+        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+            artifacts = (run_dir.resolve() / "mlartifacts").as_uri() if local else None
+            mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+        experiment = mlflow.set_experiment(EXPERIMENT)
+        if outermost:
+            mark_killed(experiment.experiment_id, run_dir, every=local)
+        clear_leftovers(run_dir / stage if folder is None else folder)
+        nested = mlflow.active_run() is not None
+        with mlflow.start_run(run_name=stage, nested=nested,
+                              tags={RUN_DIR_TAG: str(run_dir.resolve())}) as run:
+            mlflow.log_params(flat_params(config))
+            yield StageRun(run.info.run_id)
+
+
+def mark_killed(experiment_id: str, run_dir: Path, *, every: bool) -> list[str]:
+    """Mark RUNNING runs of `run_dir` (of the whole store when `every`) KILLED; their ids.
+
+    A process killed by a signal never tells MLflow that its run ended. Call only while
+    holding `run_dir`'s lock, which proves no live run of the folder exists.
+    """
+    client = MlflowClient()
+    mine = str(run_dir.resolve())
+    active = mlflow.active_run()  # a caller's own open run is alive, whatever its folder
+    killed = []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'",
+                                  max_results=50_000):
+        if active is not None and run.info.run_id == active.info.run_id:
+            continue
+        if every or run.data.tags.get(RUN_DIR_TAG) == mine:
+            client.set_terminated(run.info.run_id, status="KILLED")
+            killed.append(run.info.run_id)
+    return killed

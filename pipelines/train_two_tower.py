@@ -30,7 +30,7 @@ import torch
 from pipelines.config import check_folder_name, parse_config, save_config
 from pipelines.runtime import distributed_device, is_main
 from pipelines.tracking import stage_run
-from twotower.files import DataError, atomic_path
+from twotower.files import DataError, atomic_path, stamped
 from twotower.train import TrainConfig, export_vectors, fit
 from twotower.vectors import read_vectors
 
@@ -81,14 +81,14 @@ class TrainTwoTowerConfig:
 def run(cfg: TrainTwoTowerConfig) -> dict[str, Any]:
     """Train, export the vectors, and return the best epoch's metrics and the file paths."""
     with distributed_device(cfg.device) as device:
-        train_cfg = dataclasses.replace(cfg.train, device=device, checkpoint_dir=str(cfg.out_dir))
+        inputs = [p for p in (cfg.prepared_dir, cfg.embeddings, cfg.catalog) if p is not None]
+        train_cfg = dataclasses.replace(cfg.train, device=device, checkpoint_dir=str(cfg.out_dir),
+                                        data=stamped(*inputs))
         cfg = dataclasses.replace(cfg, train=train_cfg)
         embeddings = read_vectors(cfg.embeddings) if cfg.embeddings else None
         catalog = _catalog(cfg.catalog, cfg.attributes) if cfg.attributes else None
         tracking = stage_run(STAGE, cfg, cfg.run_dir) if is_main() else contextlib.nullcontext()
         with tracking as tracker:
-            if tracker is not None:
-                save_config(cfg, cfg.out_dir / "config.json")
             result = fit(cfg.prepared_dir, cfg.train, embeddings=embeddings, catalog=catalog,
                          attributes=cfg.attributes, new_products=cfg.new_products,
                          log=tracker.log if tracker else None,
@@ -105,6 +105,7 @@ def run(cfg: TrainTwoTowerConfig) -> dict[str, Any]:
                             "best_epoch": result.best_epoch}, tmp)
             with atomic_path(cfg.out_dir / "history.json") as tmp:
                 tmp.write_text(json.dumps(result.history, indent=2) + "\n")
+            save_config(cfg, cfg.out_dir / "config.json")  # last: a failure keeps the old one
             for path in (cfg.out_dir / "history.json", cfg.out_dir / "model.pt"):
                 tracker.artifact(path, folder="model")
             for path in paths.values():
@@ -135,5 +136,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(summary, indent=2))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors and --threads, as `twotower train_two_tower`
+    import sys
+
+    from pipelines.cli import main as cli
+
+    cli(["train_two_tower", *sys.argv[1:]])

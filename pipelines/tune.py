@@ -480,5 +480,9 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(run(parse_config(TuneConfig, argv)), indent=2))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors and --threads, as `twotower tune`
+    import sys
+
+    from pipelines.cli import main as cli
+
+    cli(["tune", *sys.argv[1:]])

@@ -112,6 +112,9 @@ class PretrainConfig:
     """torch device; "cuda" means the current CUDA device (set it per rank under torchrun)."""
     seed: int = 0
     """Seeds the weights, the shuffling and every augmentation draw."""
+    data: str = ""
+    """What the images are (the stage sets their source and its stamp): a checkpoint resumes
+    only on the images it was trained on."""
     progress: bool = True
     """Show a progress bar (rank 0)."""
 
@@ -371,6 +374,12 @@ def _restore(path: Path, cfg: PretrainConfig, model: SimCLR, optimizer: torch.op
     saved = {k: v for k, v in state["config"].items() if k not in _RUNTIME_FIELDS}
     current = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUNTIME_FIELDS}
     changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+    if "data" in changed:
+        raise ValueError(
+            f"{path} was trained on images from {changed['data'][0] or 'an unrecorded source'}, "
+            f"not {changed['data'][1] or 'unrecorded ones'}; point checkpoint_dir (the stage's "
+            "run folder) elsewhere, or delete the checkpoint to train again"
+        )
     if changed:
         raise ValueError(
             f"{path} was written with a different config {changed} (saved, now); resume with "

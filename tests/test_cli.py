@@ -6,18 +6,22 @@ import dataclasses
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import faiss
 import pandas as pd
 import pytest
+import torch
 
 from pipelines import cli
-from pipelines.config import parse_config
+from pipelines.config import ConfigError, parse_config
 from pipelines.demo import DemoConfig
 from pipelines.make_shop import MakeShopConfig
 from pipelines.make_shop import run as make_shop
+from pipelines.runtime import set_threads
 from twotower.files import DataError
 from twotower.synthetic import ShopConfig
 
@@ -94,15 +98,74 @@ def test_a_missing_config_file_is_named(tmp_path):
 def test_usage_help_and_unknown_stages(capsys):
     cli.main([])
     assert "stages: make_shop, prepare" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="unknown stage 'trian'"):
+    with pytest.raises(SystemExit) as exit_:
         cli.main(["trian"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith("twotower: error: unknown stage 'trian'; stages:")
     with pytest.raises(SystemExit) as exit_:
         cli.main(["demo", "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "--train.epochs" in out and "Most passes over the training split" in out
-    with pytest.raises(SystemExit, match=r"twotower demo: .*bad\.toml"):
+    assert "--threads N" in out and "--debug" in out
+    with pytest.raises(SystemExit) as exit_:
         cli.main(["demo", "--config", "bad.toml"])
+    assert exit_.value.code == 2
+    assert re.fullmatch(r"twotower: error: bad\.toml: no config file here\n",
+                        capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["prepare", "--source", "nowhere.parquet", "--run-dir", "{tmp}"],
+     "nowhere.parquet: no such file or folder"),
+    (["prepare", "--sauce", "x"], "the following arguments are required: --source"),
+    (["demo", "--train.epochs", "many"], "argument --train.epochs: invalid int value: 'many'"),
+    (["demo", "--set", "train.epochz=3"], "TrainConfig has no setting 'epochz'"),
+    (["demo", "--threads", "0"], "--threads takes a positive integer, got '0'"),
+    (["demo", "--set"], "--set needs a value"),
+])
+def test_expected_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, says):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("twotower: error: ") and says in err and err.count("\n") == 1
+    with pytest.raises((ValueError, OSError)):  # --debug: the exception, for its traceback
+        cli.main([*argv, "--debug"])
+
+
+def test_module_entry_points_share_the_command_line(tmp_path):
+    """`python -m pipelines.prepare` prints the same one line and status as `twotower`."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.prepare", "--source", str(tmp_path / "no.csv"),
+         "--run-dir", str(tmp_path)], capture_output=True, text=True, env=env,
+        cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"twotower: error: {tmp_path / 'no.csv'}: no such file or folder")
+    assert "Traceback" not in done.stderr
+
+
+def test_threads_sets_torch_threads(monkeypatch):
+    """`--threads N` is taken out before the stage parses its options and sets torch's
+    threads; without it torch keeps its own default."""
+    seen = []
+    monkeypatch.setattr(cli, "set_threads", seen.append)
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--threads", "3", "--help"])
+    assert seen == [3]
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    assert seen == [3]
+    threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    try:
+        set_threads(1)
+        assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(faiss_threads)
 
 
 @pytest.mark.usefixtures("local_mlflow")
@@ -143,5 +206,5 @@ def test_config_and_set_take_the_inline_form_too(tmp_path):
     inline, settings, rest2 = cli._split([f"--config={path}", "--set=shop.seed=2", "--x", "1"])
     assert spaced == inline == str(path) and settings == ["shop.seed=2"]
     assert rest == rest2 == ["--x", "1"]
-    with pytest.raises(SystemExit, match="--set needs a value"):
+    with pytest.raises(ConfigError, match="--set needs a value"):
         cli._split(["--set"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from twotower.files import DataError, atomic_path, source_stamp
+from twotower.files import DataError, atomic_path, clear_leftovers, source_stamp
 
 
 def test_data_error_names_file_column_and_value(tmp_path):
@@ -74,3 +74,24 @@ def test_source_stamp_changes_with_content_not_with_reads(tmp_path):
 def test_source_stamp_names_a_missing_source(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         source_stamp(tmp_path / "nothing.parquet")
+
+
+def test_clear_leftovers_removes_only_killed_writes(tmp_path):
+    """What `atomic_path` leaves when killed (a `.NAME.tmp-XXXXXXXX` sibling, the `.old-` half
+    of a folder swap) goes; the user's own hidden files and other targets' temporaries stay."""
+    stage = tmp_path / "build_index"
+    (stage / "model").mkdir(parents=True)
+    keep = [stage / "model" / "index.faiss", stage / ".notes",
+            tmp_path / ".build_index2.tmp-0123abcd", stage / ".x.tmp-nothex!"]
+    for path in keep:
+        path.write_text("keep")
+    gone = [stage / ".model.tmp-0123abcd", stage / "model" / ".meta.json.tmp-89abcdef",
+            tmp_path / ".build_index.old-deadbeef"]
+    gone[0].mkdir()
+    (gone[0] / "index.faiss").write_text("half")
+    gone[1].write_text("half")
+    gone[2].mkdir()
+    assert sorted(clear_leftovers(stage)) == sorted(gone)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in gone)
+    assert clear_leftovers(stage) == []
+    assert clear_leftovers(tmp_path / "never_ran") == []

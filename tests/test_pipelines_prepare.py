@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import parse_config
+from pipelines.config import ConfigError, parse_config
 from pipelines.prepare import PrepareStage, main, run
 from pipelines.tracking import tracking_uri
 from twotower.data import PrepareConfig
@@ -114,6 +114,6 @@ def test_main_parses_flags_and_prints_a_summary(tmp_path, log_path, run_dir, cap
     assert config["columns"] == {"visitor": "user_id"}
     printed = capsys.readouterr().out
     assert f"{out} (holdout_users): written" in printed and "kcore" in printed
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match=r"argument --data\.columns: expected KEY=VALUE, got "
+                       r"'visitor'"):
         main(["--source", str(log_path), "--data.columns", "visitor"])
-    assert "argument --data.columns: expected KEY=VALUE, got 'visitor'" in capsys.readouterr().err

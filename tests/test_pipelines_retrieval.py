@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipelines.build_index import BuildIndexConfig
 from pipelines.build_index import run as build_index
-from pipelines.config import parse_config
+from pipelines.config import ConfigError, parse_config
 from pipelines.evaluate_retrieval import EvaluateRetrievalConfig
 from pipelines.evaluate_retrieval import run as evaluate_retrieval
 from pipelines.report import cold_start, markdown, write_report
@@ -157,7 +157,7 @@ def test_evaluate_retrieval_config_refuses_what_cannot_run():
         "--baselines", "popularity", "--ks", "10", "50"])
     assert (cfg.models, cfg.baselines, cfg.ks) == ({"tt": "runs/x/build_index/tt"},
                                                   ("popularity",), (10, 50))
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="invalid choice: 'random'"):
         parse_config(EvaluateRetrievalConfig, ["--baselines", "random"])
     cfg = parse_config(EvaluateRetrievalConfig, [
         "--baselines", "ials", "--ials.factors", "16", "--ials.alpha", "40", "--n-boot", "0",

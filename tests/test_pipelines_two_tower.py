@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -75,6 +76,25 @@ def test_stage_trains_exports_and_tracks_the_model(shop, tmp_path):
                  for a in client.list_artifacts(summary["run_id"], folder)}
     assert {"model/model.pt", "model/history.json", "vectors/item_vectors.parquet",
             "vectors/user_vectors_test.parquet"} <= artifacts
+
+
+def test_a_finished_model_is_not_resumed_on_changed_inputs(shop, tmp_path):
+    """Embeddings rewritten under a trained model: the stage refuses, naming the old and the
+    new stamp, and leaves every file of the model's folder as it was."""
+    embeddings = tmp_path / "embeddings.parquet"
+    shutil.copyfile(shop / "embeddings.parquet", embeddings)
+    cfg = TrainTwoTowerConfig(run_dir=str(tmp_path / "run"), name="image",
+                              prepared=str(shop / "run" / "prepare"),
+                              embeddings=str(embeddings), device="cpu", train=TRAIN)
+    run(cfg)
+    out = tmp_path / "run" / "train_two_tower" / "image"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    catalog = pd.read_parquet(shop / "catalog.parquet")
+    write_vectors(catalog["item_id"], np.ones((len(catalog), 6)), embeddings, {"checkpoint": "x"})
+    with pytest.raises(ValueError, match=r"was trained with data=.*embeddings\.parquet") as err:
+        run(cfg)
+    assert str(err.value).count(str(embeddings)) == 2  # the stamp it had, the stamp it has
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_exported_vectors_feed_build_index_and_evaluate_retrieval(shop, tmp_path):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import shutil
 
 import mlflow
 import numpy as np
@@ -12,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.config import parse_config
+from pipelines.config import ConfigError, parse_config
 from pipelines.embed_catalog import EmbedCatalogConfig
 from pipelines.embed_catalog import run as run_embed
 from pipelines.pretrain_vision import PretrainVisionConfig
@@ -126,9 +128,47 @@ def test_stage_configs_come_from_the_command_line():
     assert cfg.resize == 48 and parse_config(PretrainVisionConfig, ["--source", "x"]).resize is None
     assert cfg.pretrain == PretrainConfig(epochs=3, lr=None, optimizer="adamw", amp=False,
                                           small_images=True)
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match=r"--pretrain\.optimizer: invalid choice: 'adam'"):
         parse_config(PretrainVisionConfig, ["--pretrain.optimizer", "adam", "--source", "x"])
-    with pytest.raises(SystemExit):
-        parse_config(PretrainVisionConfig, [])  # --source is required
+    with pytest.raises(ConfigError, match="required: --source"):
+        parse_config(PretrainVisionConfig, [])
     with pytest.raises(ValueError, match="resize must be a positive side"):
         PretrainVisionConfig(source="x", resize=0)
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_stale_or_bad_inputs_leave_the_stage_folders_byte_identical(tmp_path):
+    """A finished SimCLR folder given other images (another catalog, or the same file changed)
+    refuses naming both sources; a failed embed keeps the old embeddings and config.json."""
+    catalogs = {}
+    for seed in (0, 1):
+        shop = make_shop(ShopConfig(num_items=64, num_users=10, num_interactions=100,
+                                    image_size=8, seed=seed))
+        catalogs[seed] = str(write_shop(shop, tmp_path / f"shop{seed}")["catalog"])
+    run_dir = tmp_path / "run"
+    cfg = PretrainVisionConfig(
+        source=catalogs[0], run_dir=str(run_dir), device="cpu",
+        pretrain=PretrainConfig(arch="resnet_narrow", width=4, image_size=8, epochs=1,
+                                batch_size=32, knn_every=0, progress=False))
+    run_pretrain(cfg)
+    run_embed(EmbedCatalogConfig(catalog=catalogs[0], run_dir=str(run_dir), device="cpu"))
+    pretrained, embedded = _files(run_dir / "pretrain_vision"), _files(run_dir / "embed_catalog")
+
+    with pytest.raises(ValueError, match="was trained on images from") as err:
+        run_pretrain(dataclasses.replace(cfg, source=catalogs[1]))
+    assert catalogs[0] in str(err.value) and catalogs[1] in str(err.value)
+    shutil.copyfile(catalogs[1], catalogs[0])  # the same path, other images
+    with pytest.raises(ValueError, match="was trained on images from"):
+        run_pretrain(cfg)
+    assert _files(run_dir / "pretrain_vision") == pretrained
+
+    broken = tmp_path / "broken.parquet"
+    pq.write_table(pa.table({"item_id": ["a", "b"], "image": [b"not a png", b"nor this"]}),
+                   broken)
+    with pytest.raises(DataError, match=r"broken\.parquet"):
+        run_embed(EmbedCatalogConfig(catalog=str(broken), run_dir=str(run_dir), device="cpu"))
+    assert _files(run_dir / "embed_catalog") == embedded

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from pipelines.tracking import flat_params, stage_run, tracking_uri
+from pipelines.lock import FolderBusy
+from pipelines.tracking import RUN_DIR_TAG, flat_params, mark_killed, stage_run, tracking_uri
 
 pytestmark = pytest.mark.usefixtures("local_mlflow")
 
@@ -62,3 +66,59 @@ def test_mlflow_tracking_uri_overrides_the_run_folder(tmp_path, monkeypatch):
     assert (tmp_path / "server.db").exists()
     assert not (tmp_path / "run" / "mlflow.db").exists()
 
+
+_KILLED_RUN = """
+import sys, time
+from pipelines.tracking import stage_run
+from twotower.files import atomic_path
+with stage_run("embed_catalog", {"lr": 1}, sys.argv[1]):
+    with atomic_path(sys.argv[2]) as tmp:
+        tmp.write_text("half")
+        print("ready", flush=True)
+        time.sleep(600)
+"""
+
+
+def test_a_killed_run_is_marked_killed_and_its_leftovers_cleared(tmp_path):
+    """kill -9 inside a stage: while it lives a second run is refused naming its pid; after,
+    its lock is gone, its MLflow run is KILLED and its half-written file removed."""
+    run_dir = tmp_path / "run"
+    target = run_dir / "embed_catalog" / "embeddings.parquet"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(run_dir), str(target)],
+                             stdout=subprocess.PIPE, text=True, env=env,
+                             cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        leftovers = list(target.parent.glob(".embeddings.parquet.tmp-*"))
+        assert len(leftovers) == 1
+        with pytest.raises(FolderBusy, match=f"in use by pid {child.pid}") as busy:
+            with stage_run("prepare", Stage(), run_dir):
+                pass
+        assert str(run_dir.resolve()) in str(busy.value)
+    finally:
+        child.kill()
+        child.wait()
+    client = mlflow.MlflowClient(tracking_uri(run_dir))
+    (stale,) = client.search_runs([client.get_experiment_by_name("twotower").experiment_id])
+    assert stale.info.status == "RUNNING"  # nobody told MLflow
+    with stage_run("embed_catalog", Stage(), run_dir) as again:
+        pass
+    assert client.get_run(stale.info.run_id).info.status == "KILLED"
+    assert client.get_run(again.run_id).info.status == "FINISHED"
+    assert not leftovers[0].exists() and not target.exists()
+
+
+def test_a_shared_server_kills_only_the_folders_own_runs(tmp_path, monkeypatch):
+    """With a tracking server shared by many folders, only runs tagged with this folder are
+    stale; a RUNNING run of another folder may be alive."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'server.db'}")
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    with stage_run("a", Stage(), mine):
+        pass
+    experiment = client.get_experiment_by_name("twotower").experiment_id
+    runs = {folder: client.create_run(experiment, tags={RUN_DIR_TAG: str(folder.resolve())})
+            for folder in (mine, other)}
+    assert mark_killed(experiment, mine, every=False) == [runs[mine].info.run_id]
+    assert client.get_run(runs[other].info.run_id).info.status == "RUNNING"

@@ -12,16 +12,19 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["DataError", "atomic_path", "source_stamp"]
+__all__ = ["DataError", "atomic_path", "clear_leftovers", "source_stamp", "stamped"]
 
 HIDDEN = (".", "_")
 """File name prefixes a folder scan skips (.crc, _SUCCESS, our own temporaries)."""
+_TMP, _OLD = ".tmp-", ".old-"  # `.NAME.tmp-XXXXXXXX`: a write in progress; `.old-`: a swap's
+_LEFTOVER = re.compile(r"\..+\.(tmp|old)-[0-9a-f]{8}")
 
 
 class DataError(ValueError):
@@ -60,13 +63,13 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = target.with_name(f".{target.name}{_TMP}{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written to {tmp} for {target}")
         if target.is_dir() and not target.is_symlink():
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            old = target.with_name(f".{target.name}{_OLD}{uuid.uuid4().hex[:8]}")
             os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old)
@@ -77,6 +80,30 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists() or tmp.is_symlink():
             tmp.unlink()
+
+
+def clear_leftovers(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove what killed writes left of `target` and, for a folder, of anything inside it.
+
+    `atomic_path` cleans up after itself unless the process is killed; then its temporary
+    sibling (or the old folder of a swap) stays. Call this only while nothing else writes
+    there (a stage holding its run folder's lock). Returns the removed paths.
+    """
+    target = Path(target)
+    found = [p for p in target.parent.glob(f".{glob.escape(target.name)}.*")
+             if _LEFTOVER.fullmatch(p.name) and p.name.rsplit(".", 1)[0] == f".{target.name}"]
+    if target.is_dir() and not target.is_symlink():
+        found += [p for p in target.rglob(".*") if _LEFTOVER.fullmatch(p.name)]
+    removed = []
+    for path in sorted(found):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue  # inside a leftover folder removed just before
+        removed.append(path)
+    return removed
 
 
 def source_stamp(source: str | os.PathLike[str]) -> str:
@@ -107,3 +134,10 @@ def source_stamp(source: str | os.PathLike[str]) -> str:
         digest.update(f"{name.as_posix()}\0{stat.st_size}\0"
                       f"{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def stamped(*sources: str | os.PathLike[str]) -> str:
+    """The sources as `ABSOLUTE-PATH (stamp S)`, joined by "; ": what a checkpoint records of
+    its inputs, so it is resumed only on the same ones."""
+    return "; ".join(f"{os.path.abspath(source)} (stamp {source_stamp(source)})"
+                     for source in sources)

@@ -129,6 +129,9 @@ class TrainConfig:
     """Where to train: cpu, cuda or cuda:N."""
     seed: int = 0
     """Seeds initialisation, shuffles, id dropout and sampled negatives."""
+    data: str = ""
+    """What the inputs are (the stage sets the prepared folder's, the embeddings' and the
+    catalog's paths and stamps): a checkpoint resumes only on the data it was trained on."""
     checkpoint_dir: str | None = None
     """Folder of `last.pt`, resumed from when present; None: no checkpoints."""
     tower: TowerConfig = field(default_factory=TowerConfig)
