@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 from collections import Counter
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -522,11 +523,15 @@ def test_every_sort_path_gives_the_same_folder(tmp_path):
     """Packed (user, time, item) key; packed (user, time) key and argsort, taken when a weight
     column must move too; polars' sort, taken when user and time need more than 64 bits."""
     log = random_log(seed=14)
+    loners = 2100  # one row each, dropped by the k-core, but 12 bits of user code when sorting
+    log = pl.concat([log, pl.DataFrame({
+        "user_id": [f"z{n}" for n in range(loners)], "item_id": np.arange(loners) + 1000,
+        "timestamp": np.full(loners, T0), "extra": "", "rating": np.ones(loners)})])
     variants = {
         "packed": log,
         "argsort": log.with_columns(weight=pl.lit(1.0)),
-        "polars": log.with_columns(  # ~28,000 years in µs: 60 bits of time, 6 of user
-            pl.from_epoch((pl.col("timestamp") - T0) * 2**51, time_unit="us")
+        "polars": log.with_columns(  # 1970 to 2192 in µs: 53 bits of time, 12 of user
+            pl.from_epoch((pl.col("timestamp") - T0) * 2**44, time_unit="us")
         ),
     }
     config = PrepareConfig(protocol="leave_last_out", **SMALL)
@@ -657,6 +662,45 @@ def test_bad_values_raise_naming_file_column_and_value(tmp_path, frame, column, 
     assert "log.parquet" in str(error) and f"column {column!r}" in str(error)
     assert value in str(error)
     assert error.column == column
+
+
+@pytest.mark.parametrize(("timestamps", "value"), [
+    ([T0, 10**13, T0], "10000000000000"),  # × 10**6 µs wraps around to the year −265697
+    ([T0, 2**62, T0], str(2**62)),  # × 10**6 µs wraps around to exactly 1970-01-01
+    ([T0, -1, T0], "-1"),
+    ([date(2024, 1, 1), date(2300, 1, 1), date(2024, 1, 1)], "datetime.date(2300, 1, 1)"),
+    ([datetime(2024, 1, 1), datetime(1969, 12, 31, 23, 59), datetime(2024, 1, 1)],
+     "datetime.datetime(1969, 12, 31, 23, 59)"),
+    (["2024-01-01", "2262-04-12", "2024-01-01"], "'2262-04-12'"),
+])
+def test_times_outside_the_window_are_refused(tmp_path, timestamps, value):
+    error = _bad(tmp_path, _log(timestamp=timestamps))
+    assert "log.parquet, column 'timestamp': outside 1970-01-01 .. 2262-04-11" in str(error)
+    assert value in str(error) and "look like" not in str(error)
+
+
+@pytest.mark.parametrize(("scale", "unit", "divisor"), [
+    (10**3, "milliseconds", "1,000"), (10**6, "microseconds", "1,000,000"),
+    (10**9, "nanoseconds", "1,000,000,000"),
+])
+def test_int_times_in_a_finer_unit_are_refused_with_the_conversion(tmp_path, scale, unit,
+                                                                   divisor):
+    error = _bad(tmp_path, _log(timestamp=[T0 * scale, T0 * scale + 7, T0 * scale + 9]))
+    assert f"these look like {unit} since the epoch; convert to seconds (divide by {divisor})" in (
+        str(error))
+    assert str(T0 * scale) in str(error)
+
+
+def test_the_window_holds_its_ends(tmp_path):
+    """0 s and 9,223,372,036 s (2262-04-11T23:47:16, the last whole second int64 ns hold)."""
+    last = 2**63 // 10**9
+    pl.DataFrame({"user_id": ["a"] * 3, "item_id": [1, 2, 3], "timestamp": [0, T0, last]}) \
+        .write_parquet(tmp_path / "log.parquet")
+    config = PrepareConfig(protocol="leave_last_out", min_user_interactions=1,
+                           min_item_interactions=1)
+    out = read(prepare(tmp_path / "log.parquet", tmp_path / "out", config))
+    assert out["train"]["timestamp"].to_list() == [datetime(1970, 1, 1)]
+    assert out["test"]["timestamp"].to_list() == [datetime(2262, 4, 11, 23, 47, 16)]
 
 
 def test_missing_column_names_the_file_and_the_mapping(tmp_path):

@@ -21,7 +21,8 @@
 Ids are compared as strings: the vocabularies hold every id cast to a string and sorted, so int
 and string ids take one path, and the same log gives the same indices whatever its file or row
 order. Timestamps are stored as UTC datetimes in microseconds (int input is seconds since the
-epoch; time zones are converted to UTC). Steps on the encoded log are numpy over integer
+epoch; time zones are converted to UTC) and must lie between 1970-01-01 and 2262-04-11 (see
+`_MAX_NS`). Steps on the encoded log are numpy over integer
 columns, which is what keeps 100 million rows in a few GiB.
 
 A log without a `timestamp` column has no time order: only holdout_users applies (temporal and
@@ -84,6 +85,15 @@ _BLOCK_ROWS = 1 << 20  # rows per written block (Parquet row group)
 _BLOCK_TARGETS = 1 << 16  # valid/test targets per block
 _BLOCK_HISTORY = 1 << 22  # history entries per block, unless one target alone has more
 _US = 1_000_000  # microseconds per second
+# Every timestamp lies in [the Unix epoch 1970-01-01, _MAX_NS ns after it = 2262-04-11T23:47:16Z]:
+# an interaction log is a digital record, so a time before the epoch is a sign error or a
+# sentinel, and the end is the last instant int64 nanoseconds hold (numpy's and pandas'
+# datetime64[ns], Arrow's timestamp[ns]), so every prepared time converts to them and integer
+# times in ms, µs or ns (above 9.2e9 for any date after 1970-04-17) never pass for seconds.
+# The window is checked on the raw value in its own unit, before a conversion can overflow.
+_MAX_NS = int(np.iinfo(np.int64).max)
+_WINDOW = "1970-01-01 .. 2262-04-11"
+_NS_PER = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1, "d": 86_400 * 10**9}  # unit → ns
 
 
 @dataclass
@@ -417,8 +427,7 @@ def _read(
     try:
         for batch in encoded.collect_batches(maintain_order=False, engine="streaming"):
             if timestamps and batch["time"].null_count():
-                bad = pl.col("timestamp").is_null() | _time_expr(schema["timestamp"]).is_null()
-                raise located(kept & bad, "timestamp", "null or unparseable timestamp")
+                raise _time_error(source, config.columns, kept, schema["timestamp"])
             if "weight" in dtypes and not batch.select(_good_number("weight", minimum=0.0)) \
                     .to_series().all():
                 raise located(kept & ~_good_number("weight", minimum=0.0), "weight",
@@ -548,14 +557,84 @@ def _id_expr(name: str, dtype: pl.DataType) -> pl.Expr:
     )
 
 
-def _time_expr(dtype: pl.DataType) -> pl.Expr:
-    """Microseconds since the epoch (UTC); null where a string does not parse."""
+def _time_count(dtype: pl.DataType) -> tuple[pl.Expr, int]:
+    """The timestamp as a whole number of units since the epoch (UTC), and that unit in ns:
+    int seconds as given, dates in days, datetimes in their own unit, strings parsed to µs
+    (null where they do not parse). Nothing is multiplied yet, so nothing has overflowed."""
     raw = pl.col("timestamp")
     if dtype.is_integer():
-        return raw.cast(pl.Int64) * _US
+        return raw, _NS_PER["s"]
+    if dtype == pl.Date:
+        return raw.dt.epoch("d"), _NS_PER["d"]
     if dtype == pl.String:
-        raw = raw.str.to_datetime(time_unit="us", strict=False)
-    return raw.dt.epoch("us")
+        return raw.str.to_datetime(time_unit="us", strict=False).dt.epoch("us"), _NS_PER["us"]
+    return raw.dt.epoch(dtype.time_unit), _NS_PER[dtype.time_unit]
+
+
+def _in_window(count: pl.Expr, unit: int) -> pl.Expr:
+    """Whether `count` units (of `unit` ns) since the epoch lie in the window (null if null)."""
+    return count.is_between(0, _MAX_NS // unit)
+
+
+def _time_expr(dtype: pl.DataType) -> pl.Expr:
+    """Microseconds since the epoch (UTC); null where a string does not parse or a time lies
+    outside the window, so no out-of-range time is ever converted (an int of 2**62 seconds
+    times 10**6 would wrap around to 1970)."""
+    count, unit = _time_count(dtype)
+    micros = count.cast(pl.Int64, strict=False)  # a UInt64 past int64 is outside anyway
+    micros = micros * (unit // 1000) if unit >= 1000 else micros // (1000 // unit)
+    return pl.when(_in_window(count, unit)).then(micros)
+
+
+def _time_error(
+    source: str | os.PathLike[str], columns: Mapping[str, str] | None, kept: pl.Expr,
+    dtype: pl.DataType,
+) -> DataError:
+    """The DataError for the first kept row whose timestamp is null, unparseable or outside
+    the window; for int times, the unit they look like when it is not seconds."""
+    count, unit = _time_count(dtype)
+    hit = _first_hit(source, columns, kept & count.is_null(), "timestamp")
+    if hit is not None:
+        return DataError("null or unparseable timestamp", path=hit[0], column="timestamp",
+                         value=hit[1])
+    message = f"outside {_WINDOW}"
+    if dtype.is_integer():
+        lf, _ = _scan(source, columns)
+        low, high = lf.filter(kept).select(pl.col("timestamp").min().alias("low"),
+                                           pl.col("timestamp").max().alias("high")).collect().row(0)
+        message += f" as int seconds since the epoch{_unit_hint(low, high)}"
+    return _locate(source, columns, kept & ~_in_window(count, unit), "timestamp", message)
+
+
+def _unit_hint(low: int, high: int) -> str:
+    """The unit int times from `low` to `high` look like when every one of them lies past the
+    window as seconds and inside it in that unit (ms first); "" otherwise, e.g. for a log of
+    seconds with one stray value."""
+    last_second = _MAX_NS // _NS_PER["s"]
+    if low <= last_second:
+        return ""
+    for name, per_second in (("milliseconds", 10**3), ("microseconds", 10**6),
+                             ("nanoseconds", 10**9)):
+        if high // per_second <= last_second:
+            return (f"; these look like {name} since the epoch; convert to seconds (divide "
+                    f"by {per_second:,})")
+    return ""
+
+
+def _first_hit(
+    source: str | os.PathLike[str],
+    columns: Mapping[str, str] | None,
+    predicate: pl.Expr,
+    column: str,
+) -> tuple[str, object] | None:
+    """(file, value of `column`) of the first row matching `predicate`; None if no row does or
+    the source cannot be read."""
+    lf, _ = _scan(source, columns, file_column=True)
+    try:
+        hit = lf.filter(predicate).select(pl.col(column), pl.col(_FILE)).head(1).collect()
+    except pl.exceptions.PolarsError:
+        return None
+    return (hit[_FILE][0], hit[column][0]) if hit.height else None
 
 
 def _locate(
@@ -566,14 +645,10 @@ def _locate(
     message: str,
 ) -> DataError:
     """The DataError for the first row matching `predicate`, naming its file and value."""
-    lf, _ = _scan(source, columns, file_column=True)
-    try:
-        hit = lf.filter(predicate).select(pl.col(column), pl.col(_FILE)).head(1).collect()
-    except pl.exceptions.PolarsError:
-        hit = pl.DataFrame()
-    if hit.height == 0:
+    hit = _first_hit(source, columns, predicate, column)
+    if hit is None:
         return DataError(message, path=source, column=column)
-    return DataError(message, path=hit[_FILE][0], column=column, value=hit[column][0])
+    return DataError(message, path=hit[0], column=column, value=hit[1])
 
 
 def _collect_all(queries: list[pl.LazyFrame], source: str | os.PathLike[str]) -> list[pl.DataFrame]:
