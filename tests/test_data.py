@@ -738,8 +738,9 @@ def test_bad_csv_value_names_the_csv(tmp_path):
 
 @pytest.mark.parametrize(("config", "message"), [
     (PrepareConfig(), "k-core 5/5 left no interactions"),
-    (PrepareConfig(events=["buy"], min_user_interactions=1, min_item_interactions=1),
-     "event filter ['buy'] left no interactions"),
+    (PrepareConfig(events=["cart"], min_rating=3, min_user_interactions=1,
+                   min_item_interactions=1),  # the only cart row is rated 2
+     "event filter ['cart'] left no interactions; the log's events are ['cart', 'view']"),
     (PrepareConfig(protocol="leave_last_out", min_user_interactions=1, min_item_interactions=1),
      "leave_last_out split left no training interactions"),
     (PrepareConfig(min_rating=4.5), "min_rating 4.5 left no interactions; the highest rating "
@@ -749,6 +750,19 @@ def test_empty_results_name_the_filter(tmp_path, config, message):
     frame = _log(event=["view", "view", "cart"], rating=[1, 4, 2])
     error = _bad(tmp_path, frame, config)
     assert message in str(error)
+
+
+@pytest.mark.parametrize(("config", "option", "unknown"), [
+    (PrepareConfig(events=("view", "purchse")), "events", "['purchse']"),
+    (PrepareConfig(event_weights={"purchse": 3.0, "view": 1.0, "bye": 2.0}), "event_weights",
+     "['purchse', 'bye']"),
+])
+def test_unknown_event_names_are_refused_listing_the_logs_events(tmp_path, config, option,
+                                                                 unknown):
+    error = _bad(tmp_path, _log(event=["view", "purchase", "view"]), config)
+    assert error.column == "event"
+    assert (f"log.parquet, column 'event': {option} names {unknown}, which no row has; the "
+            f"log's events are ['purchase', 'view']") in str(error)
 
 
 def test_missing_source_and_failed_rerun_keep_the_old_folder(tmp_path):

@@ -399,6 +399,8 @@ def _read(
         vocab_frames.append(text.sort("id").with_row_index("code"))
     users, items = vocab_frames
     events = sorted(distinct[3]["event"].drop_nulls().to_list()) if "event" in schema else None
+    if events is not None:
+        _check_event_names(events, config, source)
 
     columns = {"user_id": keys[0], "item_id": keys[1]}
     dtypes = {"user": np.uint32, "item": np.uint32}
@@ -441,6 +443,19 @@ def _read(
         arrays["time"] = np.zeros(n_rows, dtype=np.int64)
     vocab = _Vocab(users["id"].to_numpy(), items["id"].to_numpy(), events)
     return _EncodedLog(**arrays, timestamps=timestamps), vocab, files, n_read
+
+
+def _check_event_names(
+    events: list[str], config: PrepareConfig, source: str | os.PathLike[str]
+) -> None:
+    """DataError naming the names in `config.events` or `config.event_weights` that are no
+    row's event (a typo would silently drop or leave those rows), listing the log's events."""
+    present = set(events)
+    for option, names in (("events", config.events), ("event_weights", config.event_weights)):
+        unknown = [name for name in names or () if name not in present]
+        if unknown:
+            raise DataError(f"{option} names {unknown}, which no row has; the log's events "
+                            f"are {events}", path=source, column="event")
 
 
 def _good_number(name: str, *, minimum: float | None = None) -> pl.Expr:
@@ -803,13 +818,15 @@ def _apply_events(
     data: _EncodedLog, events: list[str] | None, config: PrepareConfig,
     source: str | os.PathLike[str],
 ) -> None:
-    """Keep only `config.events`, multiply weights by `config.event_weights`, drop the codes."""
+    """Keep only `config.events`, multiply weights by `config.event_weights`, drop the codes.
+
+    Every name in them is one of `events`, the log's (`_check_event_names`)."""
     if data.event is None:
         return
     codes = {name: code for code, name in enumerate(events or [])}
     if config.events is not None:
         allowed = np.zeros(len(codes) + 1, dtype=bool)  # last slot: null event, never kept
-        allowed[[codes[e] for e in config.events if e in codes]] = True
+        allowed[[codes[e] for e in config.events]] = True
         data.keep(allowed[data.event])
         if data.size == 0:
             raise DataError(
@@ -820,8 +837,7 @@ def _apply_events(
     if config.event_weights is not None:
         factor = np.ones(len(codes) + 1)
         for name, value in config.event_weights.items():
-            if name in codes:
-                factor[codes[name]] = value
+            factor[codes[name]] = value
         base = 1.0 if data.weight is None else data.weight
         data.weight = base * factor[data.event]
     data.event = None
