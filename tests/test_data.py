@@ -710,7 +710,12 @@ def test_missing_column_names_the_file_and_the_mapping(tmp_path):
         assert f"the {protocol} protocol" in str(error)
         assert 'protocol="holdout_users"' in str(error)
     error = _bad(tmp_path, _log().drop("user_id"), PrepareConfig(columns={"visitor": "user_id"}))
-    assert "renamed from 'visitor'" in str(error)
+    assert error.column == "visitor"
+    assert ("columns renames ['visitor'], which the file lacks; it has ['item_id', 'timestamp']"
+            in str(error))
+    error = _bad(tmp_path, _log(wt=[1.0, 2.0, 3.0]), PrepareConfig(columns={"wieght": "weight"}))
+    assert "log.parquet, column 'wieght': columns renames ['wieght'], which the file lacks; it " \
+        "has ['user_id', 'item_id', 'timestamp', 'wt']" in str(error)  # not silently unweighted
     error = _bad(tmp_path, _log(), PrepareConfig(events=["buy"]))
     assert error.column == "event"
     error = _bad(tmp_path, _log().drop("timestamp"),

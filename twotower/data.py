@@ -500,20 +500,38 @@ def _scan(
             lf = pl.scan_parquet(text, include_file_paths=paths, hidden_file_prefix=HIDDEN)
     except (pl.exceptions.PolarsError, OSError) as err:
         raise DataError(f"cannot read: {_first_line(err)}", path=text) from err
-    if columns:
-        lf = lf.rename(columns, strict=False)
-    return lf, files
+    return _renamed(lf, _schema(lf, text), columns, text), files
+
+
+def _schema(lf: pl.LazyFrame, path: str | os.PathLike[str]) -> pl.Schema:
+    """The scan's schema; DataError naming `path` when it cannot be read (not Parquet,
+    truncated)."""
+    try:
+        return lf.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise DataError(f"cannot read: {_first_line(err)}", path=path) from err
+
+
+def _renamed(
+    lf: pl.LazyFrame, schema: pl.Schema, columns: Mapping[str, str] | None,
+    path: str | os.PathLike[str],
+) -> pl.LazyFrame:
+    """`lf` with `columns` renamed; DataError naming a source column the file lacks (a typo
+    would silently leave that column, say the weights, unread), listing those it has."""
+    if not columns:
+        return lf
+    unknown = [name for name in columns if name not in schema]
+    if unknown:
+        raise DataError(f"columns renames {unknown}, which the file lacks; it has "
+                        f"{[c for c in schema if c != _FILE]}", path=path, column=unknown[0])
+    return lf.rename(columns)
 
 
 def _checked_schema(
     lf: pl.LazyFrame, source: str | os.PathLike[str], config: PrepareConfig
 ) -> pl.Schema:
     """The contract columns' dtypes; DataError for a missing column or a wrong type."""
-    try:
-        schema = lf.collect_schema()
-    except pl.exceptions.PolarsError as err:
-        raise DataError(f"cannot read: {_first_line(err)}", path=source) from err
-    renamed = {v: k for k, v in (config.columns or {}).items()}
+    schema = _schema(lf, source)
     needed = dict.fromkeys(REQUIRED, "")  # column → why this config needs it
     if config.events is not None or config.event_weights is not None:
         needed["event"] = "events and event_weights read it"
@@ -527,10 +545,8 @@ def _checked_schema(
                                'log without timestamps needs fold_in="random" or "auto"')
     for name, why in needed.items():
         if name not in schema:
-            origin = f" (renamed from {renamed[name]!r})" if name in renamed else ""
             raise DataError(
-                f"missing column{origin}{'; ' + why if why else ''}; the file has "
-                f"{list(schema)}",
+                f"missing column{'; ' + why if why else ''}; the file has {list(schema)}",
                 path=source, column=name,
             )
     checks = {
