@@ -736,6 +736,72 @@ def test_bad_value_in_one_of_many_files_names_that_file(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def _hive(folder: Path, frames: list[pl.DataFrame], bad: pl.DataFrame | bytes) -> Path:
+    """A hive-partitioned folder: frames[n] at day=n/data.parquet, then `bad` (a frame or raw
+    bytes) at day=<len(frames)>/data.parquet; returns the bad file."""
+    for day, frame in enumerate([*frames, bad]):
+        path = folder / f"day={day}" / "data.parquet"
+        path.parent.mkdir(parents=True)
+        if isinstance(frame, bytes):
+            path.write_bytes(frame)
+        else:
+            frame.write_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    (_log(user_id=["d", None, "f"]), "column 'user_id': null id"),
+    (_log(user_id=[1.5, 2.5, 3.5]), "column 'user_id': must be an integer or string id, got "
+     "Float64 (e.g. 1.5)"),
+    (_log(timestamp=[1.7e9, 1.7e9, 1.7e9]), "column 'timestamp': must be a timestamp, a date, "
+     "int seconds or a parseable string, got Float64 (e.g. 1700000000.0)"),
+    (_log(timestamp=[T0 * 1000, T0 * 1000, T0 * 1000]), "column 'timestamp': outside "
+     "1970-01-01 .. 2262-04-11 as int seconds since the epoch; these look like milliseconds"),
+    (_log().with_columns(pl.from_epoch("timestamp")), "column 'timestamp': is Datetime("
+     "time_unit='us', time_zone=None) here but Int64 in {first}; give every file one type"),
+    (_log().drop("timestamp"), "column 'timestamp': missing column, which {first} has"),
+    (b"PAR1 not Parquet", "cannot read: "),
+])
+def test_a_bad_file_in_a_hive_folder_is_named(tmp_path, bad, message):
+    """One bad file of five: the error names it, not the folder."""
+    folder = tmp_path / "log"
+    path = _hive(folder, [_log(user_id=[f"{n}{u}" for u in "abc"]) for n in range(4)], bad)
+    with pytest.raises(DataError) as caught:
+        prepare(folder, tmp_path / "out", PrepareConfig(**SMALL))
+    first = folder / "day=0" / "data.parquet"
+    assert f"{path}: " in str(caught.value) or f"{path}, " in str(caught.value)
+    assert message.format(first=first) in str(caught.value)
+    assert sorted(tmp_path.iterdir()) == [folder]
+
+
+def test_files_mixing_id_and_time_types_prepare_as_the_all_string_log(tmp_path):
+    """Int ids in one file and string ids in another (and datetimes of several units and
+    zones, weights of several number types) read as one log: ids as strings, times as UTC.
+    A column only some files have is fine while unused (rating), named when used."""
+    log = random_log(seed=15).with_columns(pl.col("user_id").str.slice(1).cast(pl.Int64),
+                                           weight=pl.lit(1.0))
+    reference = log.with_columns(pl.col("user_id", "item_id").cast(pl.String))
+    reference.write_parquet(tmp_path / "strings.parquet")
+    stamps = pl.from_epoch("timestamp")
+    parts = [
+        log.with_columns(stamps.dt.cast_time_unit("ms"), pl.col("weight").cast(pl.Float32)),
+        log.with_columns(pl.col("item_id").cast(pl.String), stamps.dt.cast_time_unit("ns"),
+                         pl.col("weight").cast(pl.Int8), extra=pl.lit(1)).drop("rating"),
+        reference.with_columns(stamps.dt.replace_time_zone("UTC")
+                               .dt.convert_time_zone("Asia/Tokyo")),
+    ]
+    size = -(-log.height // 3)
+    for day, part in enumerate(parts):
+        (tmp_path / "hive" / f"day={day}").mkdir(parents=True)
+        part.slice(day * size, size).write_parquet(tmp_path / "hive" / f"day={day}" / "a.parquet")
+    config = PrepareConfig(**SMALL)
+    assert_same_output(prepare(tmp_path / "strings.parquet", tmp_path / "a", config),
+                       prepare(tmp_path / "hive", tmp_path / "b", config))
+    with pytest.raises(DataError, match=r"day=1/a\.parquet, column 'rating': missing column, "
+                                        r"which .*day=0/a\.parquet has"):
+        prepare(tmp_path / "hive", tmp_path / "c", PrepareConfig(min_rating=3, **SMALL))
+
+
 def test_bad_csv_value_names_the_csv(tmp_path):
     error = _bad(tmp_path, _log(user_id=[1.5, 2.5, 3.5]), name="log.csv")
     assert "log.csv" in str(error) and "1.5" in str(error)

@@ -19,11 +19,11 @@
     histories         per user (training) and per evaluation target (valid / test)
 
 Ids are compared as strings: the vocabularies hold every id cast to a string and sorted, so int
-and string ids take one path, and the same log gives the same indices whatever its file or row
-order. Timestamps are stored as UTC datetimes in microseconds (int input is seconds since the
-epoch; time zones are converted to UTC) and must lie between 1970-01-01 and 2262-04-11 (see
-`_MAX_NS`). Steps on the encoded log are numpy over integer
-columns, which is what keeps 100 million rows in a few GiB.
+and string ids take one path (even int ids in one file of a folder and string ids in another),
+and the same log gives the same indices whatever its file or row order. Timestamps are stored
+as UTC datetimes in microseconds (int input is seconds since the epoch; time zones are converted
+to UTC) and must lie between 1970-01-01 and 2262-04-11 (see `_MAX_NS`). Steps on the encoded
+log are numpy over integer columns, which is what keeps 100 million rows in a few GiB.
 
 A log without a `timestamp` column has no time order: only holdout_users applies (temporal and
 leave_last_out raise DataError), rows with the same user, item, event and weight are
@@ -359,11 +359,11 @@ def _read(
     vocabularies), then the kept rows joined to their codes, so no string column, and no
     rating, is ever held per row. Ids are validated on every row, other columns on kept rows.
     """
-    lf, files = _scan(source, config.columns)
+    lf, files = _scan(source, config)
     schema = _checked_schema(lf, source, config)
 
     def located(predicate: pl.Expr, column: str, message: str) -> DataError:
-        return _locate(source, config.columns, predicate, column, message)
+        return _locate(source, config, predicate, column, message)
 
     kept = pl.lit(True)  # the rating filter
     counts = [pl.len().alias("read")]
@@ -429,7 +429,7 @@ def _read(
     try:
         for batch in encoded.collect_batches(maintain_order=False, engine="streaming"):
             if timestamps and batch["time"].null_count():
-                raise _time_error(source, config.columns, kept, schema["timestamp"])
+                raise _time_error(source, config, kept, schema["timestamp"])
             if "weight" in dtypes and not batch.select(_good_number("weight", minimum=0.0)) \
                     .to_series().all():
                 raise located(kept & ~_good_number("weight", minimum=0.0), "weight",
@@ -468,11 +468,14 @@ def _good_number(name: str, *, minimum: float | None = None) -> pl.Expr:
 
 
 def _scan(
-    source: str | os.PathLike[str], columns: Mapping[str, str] | None, *, file_column: bool = False
+    source: str | os.PathLike[str], config: PrepareConfig, *, file_column: bool = False
 ) -> tuple[pl.LazyFrame, list[Path]]:
     """Lazy scan of a Parquet file, folder (hive partitions too) or glob, or of CSV file(s).
 
-    Returns the scan, renamed by `columns`, and the files it reads.
+    Returns the scan, renamed by `config.columns`, and the files it reads. The files of a folder or
+    glob must agree on their schemas for one scan to read them all; when they do not (a
+    folder written by several jobs), each is scanned alone and `_union` casts them to one
+    schema or names the file that cannot agree. A file that cannot be read is named too.
     """
     text = os.fspath(source)
     path = Path(text)
@@ -489,18 +492,38 @@ def _scan(
     if not files:
         raise DataError("no Parquet files found", path=text)
     paths = _FILE if file_column else None
-    csv = {f.suffix.lower() == ".csv" for f in files}
-    if len(csv) > 1:
+    kinds = {f.suffix.lower() == ".csv" for f in files}
+    if len(kinds) > 1:
         raise DataError("mixes CSV and Parquet files; use one format", path=text)
+    csv = kinds.pop()
+    if len(files) > 1:
+        frames = [_scan_file(f, csv=csv, hive=path.is_dir(), paths=paths) for f in files]
+        schemas = [_schema(lf, f) for lf, f in zip(frames, files, strict=True)]
+        if any(schema != schemas[0] for schema in schemas[1:]):
+            renamed = [_renamed(lf, schema, config.columns, f)
+                       for lf, schema, f in zip(frames, schemas, files, strict=True)]
+            return _union(renamed, files, config), files
     try:
-        if csv.pop():
+        if csv:
             lf = pl.scan_csv([str(f) for f in files], try_parse_dates=True,
                              infer_schema_length=10_000, include_file_paths=paths)
         else:
             lf = pl.scan_parquet(text, include_file_paths=paths, hidden_file_prefix=HIDDEN)
     except (pl.exceptions.PolarsError, OSError) as err:
         raise DataError(f"cannot read: {_first_line(err)}", path=text) from err
-    return _renamed(lf, _schema(lf, text), columns, text), files
+    return _renamed(lf, _schema(lf, text), config.columns, text), files
+
+
+def _scan_file(path: Path, *, csv: bool, hive: bool, paths: str | None) -> pl.LazyFrame:
+    """Lazy scan of one file of a folder or glob, as `_scan` reads them all at once: hive
+    partition columns from its path when the source is a folder."""
+    try:
+        if csv:
+            return pl.scan_csv(path, try_parse_dates=True, infer_schema_length=10_000,
+                               include_file_paths=paths)
+        return pl.scan_parquet(path, hive_partitioning=hive, include_file_paths=paths)
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise DataError(f"cannot read: {_first_line(err)}", path=path) from err
 
 
 def _schema(lf: pl.LazyFrame, path: str | os.PathLike[str]) -> pl.Schema:
@@ -527,6 +550,68 @@ def _renamed(
     return lf.rename(columns)
 
 
+def _union(
+    frames: list[pl.LazyFrame], files: list[Path], config: PrepareConfig
+) -> pl.LazyFrame:
+    """One scan of files whose schemas differ: each file's contract columns that `config`
+    reads cast to one type per column (`_common_dtype`: ids to strings, as they are compared
+    anyway), other columns dropped. DataError naming the first file that lacks such a column
+    another file has, or whose type for one cannot agree with the others'."""
+    schemas = [lf.collect_schema() for lf in frames]  # renamed; the files were read already
+    picked = []
+    for name in _read_columns(config):
+        having = [f for f, schema in zip(files, schemas, strict=True) if name in schema]
+        if not having:
+            continue
+        if len(having) < len(files):
+            lacking = next(f for f in files if f not in having)
+            raise DataError(f"missing column, which {having[0]} has", path=lacking,
+                            column=name)
+        dtypes = [schema[name] for schema in schemas]
+        common = _common_dtype(name, dtypes)
+        if common is None:
+            raise _disagreement(name, dtypes, files, config)
+        picked.append(pl.col(name).cast(common))
+    if _FILE in schemas[0]:
+        picked.append(pl.col(_FILE))
+    return pl.concat([lf.select(picked) for lf in frames])
+
+
+def _common_dtype(name: str, dtypes: Sequence[pl.DataType]) -> pl.DataType | None:
+    """The type the files' `name` columns of `dtypes` are read as: theirs if they agree;
+    else strings for ids and events, floats for weights and ratings, Int64 for int seconds
+    and UTC µs for dates and datetimes; None if a type breaks the contract or they are
+    different kinds of time."""
+    if all(dtype == dtypes[0] for dtype in dtypes):
+        return dtypes[0]
+    ok, _ = _CONTRACT_TYPES[name]
+    if not all(ok(dtype) for dtype in dtypes):
+        return None
+    if name in ("user_id", "item_id", "event"):
+        return pl.String
+    if name in ("weight", "rating"):
+        return pl.Float64
+    if all(dtype.is_integer() for dtype in dtypes):
+        return pl.Int64
+    if all(isinstance(dtype, pl.Datetime) or dtype == pl.Date for dtype in dtypes):
+        return pl.Datetime("us", "UTC")
+    return None
+
+
+def _disagreement(
+    name: str, dtypes: Sequence[pl.DataType], files: Sequence[Path], config: PrepareConfig
+) -> DataError:
+    """The DataError for files whose `name` types cannot agree: the first file whose type
+    breaks the contract, with a value, or the first whose kind of time differs."""
+    ok, _ = _CONTRACT_TYPES[name]
+    for path, dtype in zip(files, dtypes, strict=True):
+        if not ok(dtype):
+            return _type_error(path, config, name, dtype)
+    path, dtype = next((f, d) for f, d in zip(files, dtypes, strict=True) if d != dtypes[0])
+    return DataError(f"is {dtype} here but {dtypes[0]} in {files[0]}; give every file one "
+                     f"type of time", path=path, column=name)
+
+
 def _checked_schema(
     lf: pl.LazyFrame, source: str | os.PathLike[str], config: PrepareConfig
 ) -> pl.Schema:
@@ -549,24 +634,22 @@ def _checked_schema(
                 f"missing column{'; ' + why if why else ''}; the file has {list(schema)}",
                 path=source, column=name,
             )
-    checks = {
-        "user_id": (_is_id, "an integer or string id"),
-        "item_id": (_is_id, "an integer or string id"),
-        "timestamp": (_is_time, "a timestamp, a date, int seconds or a parseable string"),
-        "event": (_is_text, "a string"),
-        "weight": (lambda d: d.is_numeric(), "a number"),
-        "rating": (lambda d: d.is_numeric(), "a number"),
-    }
-    if config.min_rating is None:
-        del checks["rating"]  # an unused column is not read
-    for name, (ok, expected) in checks.items():
+    for name in _read_columns(config):
+        ok, _ = _CONTRACT_TYPES[name]
         if name in schema and not ok(schema[name]):
-            offending = pl.col(name).is_not_null()
-            if schema[name] == pl.String:  # only weight and rating refuse strings: name one
-                offending &= pl.col(name).cast(pl.Float64, strict=False).is_null()
-            raise _locate(source, config.columns, offending, name,
-                          f"must be {expected}, got {schema[name]}")
+            raise _type_error(source, config, name, schema[name])
     return schema
+
+
+def _type_error(
+    source: str | os.PathLike[str], config: PrepareConfig, name: str, dtype: pl.DataType
+) -> DataError:
+    """The DataError for a contract column of the wrong type, naming a value that shows it."""
+    offending = pl.col(name).is_not_null()
+    if dtype == pl.String:  # only weight and rating refuse strings: name one
+        offending &= pl.col(name).cast(pl.Float64, strict=False).is_null()
+    return _locate(source, config, offending, name,
+                   f"must be {_CONTRACT_TYPES[name][1]}, got {dtype}")
 
 
 def _is_text(dtype: pl.DataType) -> bool:
@@ -579,6 +662,26 @@ def _is_id(dtype: pl.DataType) -> bool:
 
 def _is_time(dtype: pl.DataType) -> bool:
     return isinstance(dtype, pl.Datetime) or dtype in (pl.Date, pl.String) or dtype.is_integer()
+
+
+def _is_number(dtype: pl.DataType) -> bool:
+    return dtype.is_numeric()
+
+
+# The contract's columns: the type each must have, and how to say it.
+_CONTRACT_TYPES: dict[str, tuple[Callable[[pl.DataType], bool], str]] = {
+    "user_id": (_is_id, "an integer or string id"),
+    "item_id": (_is_id, "an integer or string id"),
+    "timestamp": (_is_time, "a timestamp, a date, int seconds or a parseable string"),
+    "event": (_is_text, "a string"),
+    "weight": (_is_number, "a number"),
+    "rating": (_is_number, "a number"),
+}
+
+
+def _read_columns(config: PrepareConfig) -> list[str]:
+    """The contract columns `config` reads where the log has them: all but an unused rating."""
+    return [name for name in _CONTRACT_TYPES if name != "rating" or config.min_rating is not None]
 
 
 def _id_expr(name: str, dtype: pl.DataType) -> pl.Expr:
@@ -618,28 +721,31 @@ def _time_expr(dtype: pl.DataType) -> pl.Expr:
 
 
 def _time_error(
-    source: str | os.PathLike[str], columns: Mapping[str, str] | None, kept: pl.Expr,
-    dtype: pl.DataType,
+    source: str | os.PathLike[str], config: PrepareConfig, kept: pl.Expr, dtype: pl.DataType
 ) -> DataError:
     """The DataError for the first kept row whose timestamp is null, unparseable or outside
-    the window; for int times, the unit they look like when it is not seconds."""
+    the window; for int times, the unit that row's file looks like when it is not seconds."""
     count, unit = _time_count(dtype)
-    hit = _first_hit(source, columns, kept & count.is_null(), "timestamp")
+    hit = _first_hit(source, config, kept & count.is_null(), "timestamp")
     if hit is not None:
         return DataError("null or unparseable timestamp", path=hit[0], column="timestamp",
                          value=hit[1])
     message = f"outside {_WINDOW}"
+    hit = _first_hit(source, config, kept & ~_in_window(count, unit), "timestamp")
+    if hit is None:  # the source changed or broke since it was read
+        return DataError(message, path=source, column="timestamp")
     if dtype.is_integer():
-        lf, _ = _scan(source, columns)
-        low, high = lf.filter(kept).select(pl.col("timestamp").min().alias("low"),
-                                           pl.col("timestamp").max().alias("high")).collect().row(0)
+        lf, _ = _scan(source, config, file_column=True)
+        low, high = (lf.filter(kept & (pl.col(_FILE) == hit[0]))
+                     .select(pl.col("timestamp").min().alias("low"),
+                             pl.col("timestamp").max().alias("high")).collect().row(0))
         message += f" as int seconds since the epoch{_unit_hint(low, high)}"
-    return _locate(source, columns, kept & ~_in_window(count, unit), "timestamp", message)
+    return DataError(message, path=hit[0], column="timestamp", value=hit[1])
 
 
 def _unit_hint(low: int, high: int) -> str:
     """The unit int times from `low` to `high` look like when every one of them lies past the
-    window as seconds and inside it in that unit (ms first); "" otherwise, e.g. for a log of
+    window as seconds and inside it in that unit (ms first); "" otherwise, e.g. for a file of
     seconds with one stray value."""
     last_second = _MAX_NS // _NS_PER["s"]
     if low <= last_second:
@@ -654,13 +760,13 @@ def _unit_hint(low: int, high: int) -> str:
 
 def _first_hit(
     source: str | os.PathLike[str],
-    columns: Mapping[str, str] | None,
+    config: PrepareConfig,
     predicate: pl.Expr,
     column: str,
 ) -> tuple[str, object] | None:
     """(file, value of `column`) of the first row matching `predicate`; None if no row does or
     the source cannot be read."""
-    lf, _ = _scan(source, columns, file_column=True)
+    lf, _ = _scan(source, config, file_column=True)
     try:
         hit = lf.filter(predicate).select(pl.col(column), pl.col(_FILE)).head(1).collect()
     except pl.exceptions.PolarsError:
@@ -670,13 +776,13 @@ def _first_hit(
 
 def _locate(
     source: str | os.PathLike[str],
-    columns: Mapping[str, str] | None,
+    config: PrepareConfig,
     predicate: pl.Expr,
     column: str,
     message: str,
 ) -> DataError:
     """The DataError for the first row matching `predicate`, naming its file and value."""
-    hit = _first_hit(source, columns, predicate, column)
+    hit = _first_hit(source, config, predicate, column)
     if hit is None:
         return DataError(message, path=source, column=column)
     return DataError(message, path=hit[0], column=column, value=hit[1])
