@@ -23,7 +23,7 @@ import twotower.data as data_module
 from twotower.contrastive import LOG_Q_FLOOR
 from twotower.data import PROTOCOLS, PrepareConfig, prepare
 from twotower.evaluate import load_queries
-from twotower.files import DataError
+from twotower.files import DataError, source_stamp
 from twotower.inputs import load_training
 from twotower.towers import TowerConfig
 from twotower.train import TrainConfig, fit
@@ -609,6 +609,7 @@ def test_manifest_counts_every_step_and_log_receives_them(tmp_path):
     assert info["dropped"] == {"rating_filter": 0, "dedup": rows["read"] - rows["dedup"],
                                "event_filter": 0, "kcore": rows["event_filter"] - rows["kcore"]}
     assert info["schema_version"] == 1 and info["protocol"] == "temporal"
+    assert info["source_stamp"] == source_stamp(tmp_path / "log.parquet")
     assert info["config"]["min_item_interactions"] == 6
     logged = {k: v for metrics, _ in seen for k, v in metrics.items()}
     assert logged["rows/read"] == rows["read"] and logged["rows/test"] == rows["test"]

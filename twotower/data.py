@@ -43,6 +43,7 @@ Output folder:
     items.parquet   item_id, item_index, count, log_q, first_seen, cold (no training row)
     users.parquet   user_id, user_index, history (time-ordered training item_index list)
     manifest.json   schema version, protocol, resolved config, row counts per step, sources
+                    and their `twotower.files.source_stamp` (names, sizes, mtimes)
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from twotower.contrastive import LOG_Q_FLOOR
-from twotower.files import HIDDEN, DataError, atomic_path
+from twotower.files import HIDDEN, DataError, atomic_path, source_stamp
 
 __all__ = ["FOLD_INS", "PROTOCOLS", "SCHEMA_VERSION", "PrepareConfig", "prepare",
            "prepared_files", "prepared_manifest"]
@@ -225,6 +226,7 @@ def prepare(
     """
     config = config or PrepareConfig()
     report = log or (lambda metrics, step: None)
+    stamp = source_stamp(source)  # before reading: a change made meanwhile is seen next time
     data, vocab, files, n_read = _read(source, config)
     rows = _filter(data, n_read, vocab.events, config, source, report)
     if not data.timestamps:
@@ -258,6 +260,7 @@ def prepare(
         "timestamps": data.timestamps,
         "config": dataclasses.asdict(config),
         "source": os.fspath(source),
+        "source_stamp": stamp,
         "files": [os.fspath(f) for f in files],
         "rows": rows,
         "dropped": {
