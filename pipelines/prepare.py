@@ -8,7 +8,8 @@ The run's params are the stage config (`data.*` for `twotower.data.PrepareConfig
 metrics the row count after each step (`rows/read`, `rows/rating_filter`, `rows/dedup`,
 `rows/event_filter`, `rows/kcore` per round, `rows/train|valid|test`) and the vocabulary
 sizes, and its artifact the folder's manifest.json. A folder whose manifest already records
-the same source and config is kept and the stage is skipped (pass --force to redo it).
+the same source, unchanged since (`twotower.files.source_stamp`: its files' names, sizes and
+mtimes), and the same config is kept and the stage is skipped (pass --force to redo it).
 `--help` lists every option, one per field of `PrepareStage` and `PrepareConfig`.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 from pipelines.config import parse_config
 from pipelines.tracking import stage_run
 from twotower.data import PrepareConfig, prepare
+from twotower.files import source_stamp
 
 __all__ = ["PrepareStage", "main", "run"]
 
@@ -73,12 +75,14 @@ def run(cfg: PrepareStage) -> dict[str, Any]:
 
 
 def _up_to_date(manifest_path: Path, cfg: PrepareStage) -> bool:
-    """Whether the folder was prepared from the same source with the same config."""
+    """Whether the folder was prepared from the same source, unchanged since, with the same
+    config; a manifest without a source stamp (written before stamps were) is not."""
     if not manifest_path.is_file():
         return False
     manifest = json.loads(manifest_path.read_text())
     config = json.loads(json.dumps(dataclasses.asdict(cfg.data)))  # tuples → lists, as stored
-    return manifest.get("source") == cfg.source and manifest.get("config") == config
+    return (manifest.get("source") == cfg.source and manifest.get("config") == config
+            and manifest.get("source_stamp") == source_stamp(cfg.source))
 
 
 def _summary(manifest: dict[str, Any], folder: Path, *, skipped: bool) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 from collections import Counter
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import twotower.data as data_module
 from twotower.contrastive import LOG_Q_FLOOR
 from twotower.data import PROTOCOLS, PrepareConfig, prepare
 from twotower.evaluate import load_queries
-from twotower.files import DataError
+from twotower.files import DataError, source_stamp
 from twotower.inputs import load_training
 from twotower.towers import TowerConfig
 from twotower.train import TrainConfig, fit
@@ -522,11 +523,15 @@ def test_every_sort_path_gives_the_same_folder(tmp_path):
     """Packed (user, time, item) key; packed (user, time) key and argsort, taken when a weight
     column must move too; polars' sort, taken when user and time need more than 64 bits."""
     log = random_log(seed=14)
+    loners = 2100  # one row each, dropped by the k-core, but 12 bits of user code when sorting
+    log = pl.concat([log, pl.DataFrame({
+        "user_id": [f"z{n}" for n in range(loners)], "item_id": np.arange(loners) + 1000,
+        "timestamp": np.full(loners, T0), "extra": "", "rating": np.ones(loners)})])
     variants = {
         "packed": log,
         "argsort": log.with_columns(weight=pl.lit(1.0)),
-        "polars": log.with_columns(  # ~28,000 years in µs: 60 bits of time, 6 of user
-            pl.from_epoch((pl.col("timestamp") - T0) * 2**51, time_unit="us")
+        "polars": log.with_columns(  # 1970 to 2192 in µs: 53 bits of time, 12 of user
+            pl.from_epoch((pl.col("timestamp") - T0) * 2**44, time_unit="us")
         ),
     }
     config = PrepareConfig(protocol="leave_last_out", **SMALL)
@@ -604,6 +609,7 @@ def test_manifest_counts_every_step_and_log_receives_them(tmp_path):
     assert info["dropped"] == {"rating_filter": 0, "dedup": rows["read"] - rows["dedup"],
                                "event_filter": 0, "kcore": rows["event_filter"] - rows["kcore"]}
     assert info["schema_version"] == 1 and info["protocol"] == "temporal"
+    assert info["source_stamp"] == source_stamp(tmp_path / "log.parquet")
     assert info["config"]["min_item_interactions"] == 6
     logged = {k: v for metrics, _ in seen for k, v in metrics.items()}
     assert logged["rows/read"] == rows["read"] and logged["rows/test"] == rows["test"]
@@ -659,6 +665,45 @@ def test_bad_values_raise_naming_file_column_and_value(tmp_path, frame, column, 
     assert error.column == column
 
 
+@pytest.mark.parametrize(("timestamps", "value"), [
+    ([T0, 10**13, T0], "10000000000000"),  # × 10**6 µs wraps around to the year −265697
+    ([T0, 2**62, T0], str(2**62)),  # × 10**6 µs wraps around to exactly 1970-01-01
+    ([T0, -1, T0], "-1"),
+    ([date(2024, 1, 1), date(2300, 1, 1), date(2024, 1, 1)], "datetime.date(2300, 1, 1)"),
+    ([datetime(2024, 1, 1), datetime(1969, 12, 31, 23, 59), datetime(2024, 1, 1)],
+     "datetime.datetime(1969, 12, 31, 23, 59)"),
+    (["2024-01-01", "2262-04-12", "2024-01-01"], "'2262-04-12'"),
+])
+def test_times_outside_the_window_are_refused(tmp_path, timestamps, value):
+    error = _bad(tmp_path, _log(timestamp=timestamps))
+    assert "log.parquet, column 'timestamp': outside 1970-01-01 .. 2262-04-11" in str(error)
+    assert value in str(error) and "look like" not in str(error)
+
+
+@pytest.mark.parametrize(("scale", "unit", "divisor"), [
+    (10**3, "milliseconds", "1,000"), (10**6, "microseconds", "1,000,000"),
+    (10**9, "nanoseconds", "1,000,000,000"),
+])
+def test_int_times_in_a_finer_unit_are_refused_with_the_conversion(tmp_path, scale, unit,
+                                                                   divisor):
+    error = _bad(tmp_path, _log(timestamp=[T0 * scale, T0 * scale + 7, T0 * scale + 9]))
+    assert f"these look like {unit} since the epoch; convert to seconds (divide by {divisor})" in (
+        str(error))
+    assert str(T0 * scale) in str(error)
+
+
+def test_the_window_holds_its_ends(tmp_path):
+    """0 s and 9,223,372,036 s (2262-04-11T23:47:16, the last whole second int64 ns hold)."""
+    last = 2**63 // 10**9
+    pl.DataFrame({"user_id": ["a"] * 3, "item_id": [1, 2, 3], "timestamp": [0, T0, last]}) \
+        .write_parquet(tmp_path / "log.parquet")
+    config = PrepareConfig(protocol="leave_last_out", min_user_interactions=1,
+                           min_item_interactions=1)
+    out = read(prepare(tmp_path / "log.parquet", tmp_path / "out", config))
+    assert out["train"]["timestamp"].to_list() == [datetime(1970, 1, 1)]
+    assert out["test"]["timestamp"].to_list() == [datetime(2262, 4, 11, 23, 47, 16)]
+
+
 def test_missing_column_names_the_file_and_the_mapping(tmp_path):
     for protocol in ("temporal", "leave_last_out"):
         error = _bad(tmp_path, _log().drop("timestamp"), PrepareConfig(protocol=protocol))
@@ -666,7 +711,12 @@ def test_missing_column_names_the_file_and_the_mapping(tmp_path):
         assert f"the {protocol} protocol" in str(error)
         assert 'protocol="holdout_users"' in str(error)
     error = _bad(tmp_path, _log().drop("user_id"), PrepareConfig(columns={"visitor": "user_id"}))
-    assert "renamed from 'visitor'" in str(error)
+    assert error.column == "visitor"
+    assert ("columns renames ['visitor'], which the file lacks; it has ['item_id', 'timestamp']"
+            in str(error))
+    error = _bad(tmp_path, _log(wt=[1.0, 2.0, 3.0]), PrepareConfig(columns={"wieght": "weight"}))
+    assert "log.parquet, column 'wieght': columns renames ['wieght'], which the file lacks; it " \
+        "has ['user_id', 'item_id', 'timestamp', 'wt']" in str(error)  # not silently unweighted
     error = _bad(tmp_path, _log(), PrepareConfig(events=["buy"]))
     assert error.column == "event"
     error = _bad(tmp_path, _log().drop("timestamp"),
@@ -687,6 +737,72 @@ def test_bad_value_in_one_of_many_files_names_that_file(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def _hive(folder: Path, frames: list[pl.DataFrame], bad: pl.DataFrame | bytes) -> Path:
+    """A hive-partitioned folder: frames[n] at day=n/data.parquet, then `bad` (a frame or raw
+    bytes) at day=<len(frames)>/data.parquet; returns the bad file."""
+    for day, frame in enumerate([*frames, bad]):
+        path = folder / f"day={day}" / "data.parquet"
+        path.parent.mkdir(parents=True)
+        if isinstance(frame, bytes):
+            path.write_bytes(frame)
+        else:
+            frame.write_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    (_log(user_id=["d", None, "f"]), "column 'user_id': null id"),
+    (_log(user_id=[1.5, 2.5, 3.5]), "column 'user_id': must be an integer or string id, got "
+     "Float64 (e.g. 1.5)"),
+    (_log(timestamp=[1.7e9, 1.7e9, 1.7e9]), "column 'timestamp': must be a timestamp, a date, "
+     "int seconds or a parseable string, got Float64 (e.g. 1700000000.0)"),
+    (_log(timestamp=[T0 * 1000, T0 * 1000, T0 * 1000]), "column 'timestamp': outside "
+     "1970-01-01 .. 2262-04-11 as int seconds since the epoch; these look like milliseconds"),
+    (_log().with_columns(pl.from_epoch("timestamp")), "column 'timestamp': is Datetime("
+     "time_unit='us', time_zone=None) here but Int64 in {first}; give every file one type"),
+    (_log().drop("timestamp"), "column 'timestamp': missing column, which {first} has"),
+    (b"PAR1 not Parquet", "cannot read: "),
+])
+def test_a_bad_file_in_a_hive_folder_is_named(tmp_path, bad, message):
+    """One bad file of five: the error names it, not the folder."""
+    folder = tmp_path / "log"
+    path = _hive(folder, [_log(user_id=[f"{n}{u}" for u in "abc"]) for n in range(4)], bad)
+    with pytest.raises(DataError) as caught:
+        prepare(folder, tmp_path / "out", PrepareConfig(**SMALL))
+    first = folder / "day=0" / "data.parquet"
+    assert f"{path}: " in str(caught.value) or f"{path}, " in str(caught.value)
+    assert message.format(first=first) in str(caught.value)
+    assert sorted(tmp_path.iterdir()) == [folder]
+
+
+def test_files_mixing_id_and_time_types_prepare_as_the_all_string_log(tmp_path):
+    """Int ids in one file and string ids in another (and datetimes of several units and
+    zones, weights of several number types) read as one log: ids as strings, times as UTC.
+    A column only some files have is fine while unused (rating), named when used."""
+    log = random_log(seed=15).with_columns(pl.col("user_id").str.slice(1).cast(pl.Int64),
+                                           weight=pl.lit(1.0))
+    reference = log.with_columns(pl.col("user_id", "item_id").cast(pl.String))
+    reference.write_parquet(tmp_path / "strings.parquet")
+    stamps = pl.from_epoch("timestamp")
+    parts = [
+        log.with_columns(stamps.dt.cast_time_unit("ms"), pl.col("weight").cast(pl.Float32)),
+        log.with_columns(pl.col("item_id").cast(pl.String), stamps.dt.cast_time_unit("ns"),
+                         pl.col("weight").cast(pl.Int8), extra=pl.lit(1)).drop("rating"),
+        reference.with_columns(stamps.dt.replace_time_zone("UTC")
+                               .dt.convert_time_zone("Asia/Tokyo")),
+    ]
+    size = -(-log.height // 3)
+    for day, part in enumerate(parts):
+        (tmp_path / "hive" / f"day={day}").mkdir(parents=True)
+        part.slice(day * size, size).write_parquet(tmp_path / "hive" / f"day={day}" / "a.parquet")
+    config = PrepareConfig(**SMALL)
+    assert_same_output(prepare(tmp_path / "strings.parquet", tmp_path / "a", config),
+                       prepare(tmp_path / "hive", tmp_path / "b", config))
+    with pytest.raises(DataError, match=r"day=1/a\.parquet, column 'rating': missing column, "
+                                        r"which .*day=0/a\.parquet has"):
+        prepare(tmp_path / "hive", tmp_path / "c", PrepareConfig(min_rating=3, **SMALL))
+
+
 def test_bad_csv_value_names_the_csv(tmp_path):
     error = _bad(tmp_path, _log(user_id=[1.5, 2.5, 3.5]), name="log.csv")
     assert "log.csv" in str(error) and "1.5" in str(error)
@@ -694,8 +810,9 @@ def test_bad_csv_value_names_the_csv(tmp_path):
 
 @pytest.mark.parametrize(("config", "message"), [
     (PrepareConfig(), "k-core 5/5 left no interactions"),
-    (PrepareConfig(events=["buy"], min_user_interactions=1, min_item_interactions=1),
-     "event filter ['buy'] left no interactions"),
+    (PrepareConfig(events=["cart"], min_rating=3, min_user_interactions=1,
+                   min_item_interactions=1),  # the only cart row is rated 2
+     "event filter ['cart'] left no interactions; the log's events are ['cart', 'view']"),
     (PrepareConfig(protocol="leave_last_out", min_user_interactions=1, min_item_interactions=1),
      "leave_last_out split left no training interactions"),
     (PrepareConfig(min_rating=4.5), "min_rating 4.5 left no interactions; the highest rating "
@@ -705,6 +822,19 @@ def test_empty_results_name_the_filter(tmp_path, config, message):
     frame = _log(event=["view", "view", "cart"], rating=[1, 4, 2])
     error = _bad(tmp_path, frame, config)
     assert message in str(error)
+
+
+@pytest.mark.parametrize(("config", "option", "unknown"), [
+    (PrepareConfig(events=("view", "purchse")), "events", "['purchse']"),
+    (PrepareConfig(event_weights={"purchse": 3.0, "view": 1.0, "bye": 2.0}), "event_weights",
+     "['purchse', 'bye']"),
+])
+def test_unknown_event_names_are_refused_listing_the_logs_events(tmp_path, config, option,
+                                                                 unknown):
+    error = _bad(tmp_path, _log(event=["view", "purchase", "view"]), config)
+    assert error.column == "event"
+    assert (f"log.parquet, column 'event': {option} names {unknown}, which no row has; the "
+            f"log's events are ['purchase', 'view']") in str(error)
 
 
 def test_missing_source_and_failed_rerun_keep_the_old_folder(tmp_path):

@@ -81,6 +81,21 @@ def test_run_skips_an_up_to_date_folder_unless_forced(tmp_path, log_path, run_di
     assert run(stage)["protocol"] == "leave_last_out"
 
 
+def test_run_prepares_again_when_the_source_changed_in_place(tmp_path, log_path, run_dir):
+    stage = PrepareStage(str(log_path), run_dir=str(run_dir), out_dir=tmp_path / "out",
+                         data={"min_user_interactions": 2, "min_item_interactions": 2,
+                               "columns": {"visitor": "user_id"}})
+    assert run(stage)["rows"]["read"] == 400
+    pl.read_parquet(log_path).head(300).write_parquet(log_path)  # same path, other rows
+    again = run(stage)
+    assert not again["skipped"] and again["rows"]["read"] == 300
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["rows"]["read"] == 300 and run(stage)["skipped"]
+    del manifest["source_stamp"]  # as written before stamps existed
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
+    assert not run(stage)["skipped"]
+
+
 def test_run_raises_data_error_and_writes_no_folder(tmp_path, log_path, run_dir):
     stage = PrepareStage(str(log_path), run_dir=str(run_dir), out_dir=tmp_path / "out")
     with pytest.raises(DataError, match="user_id"):  # no visitor → user_id mapping

@@ -19,10 +19,11 @@
     histories         per user (training) and per evaluation target (valid / test)
 
 Ids are compared as strings: the vocabularies hold every id cast to a string and sorted, so int
-and string ids take one path, and the same log gives the same indices whatever its file or row
-order. Timestamps are stored as UTC datetimes in microseconds (int input is seconds since the
-epoch; time zones are converted to UTC). Steps on the encoded log are numpy over integer
-columns, which is what keeps 100 million rows in a few GiB.
+and string ids take one path (even int ids in one file of a folder and string ids in another),
+and the same log gives the same indices whatever its file or row order. Timestamps are stored
+as UTC datetimes in microseconds (int input is seconds since the epoch; time zones are converted
+to UTC) and must lie between 1970-01-01 and 2262-04-11 (see `_MAX_NS`). Steps on the encoded
+log are numpy over integer columns, which is what keeps 100 million rows in a few GiB.
 
 A log without a `timestamp` column has no time order: only holdout_users applies (temporal and
 leave_last_out raise DataError), rows with the same user, item, event and weight are
@@ -42,6 +43,7 @@ Output folder:
     items.parquet   item_id, item_index, count, log_q, first_seen, cold (no training row)
     users.parquet   user_id, user_index, history (time-ordered training item_index list)
     manifest.json   schema version, protocol, resolved config, row counts per step, sources
+                    and their `twotower.files.source_stamp` (names, sizes, mtimes)
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from twotower.contrastive import LOG_Q_FLOOR
-from twotower.files import HIDDEN, DataError, atomic_path
+from twotower.files import HIDDEN, DataError, atomic_path, source_stamp
 
 __all__ = ["FOLD_INS", "PROTOCOLS", "SCHEMA_VERSION", "PrepareConfig", "prepare",
            "prepared_files", "prepared_manifest"]
@@ -84,6 +86,15 @@ _BLOCK_ROWS = 1 << 20  # rows per written block (Parquet row group)
 _BLOCK_TARGETS = 1 << 16  # valid/test targets per block
 _BLOCK_HISTORY = 1 << 22  # history entries per block, unless one target alone has more
 _US = 1_000_000  # microseconds per second
+# Every timestamp lies in [the Unix epoch 1970-01-01, _MAX_NS ns after it = 2262-04-11T23:47:16Z]:
+# an interaction log is a digital record, so a time before the epoch is a sign error or a
+# sentinel, and the end is the last instant int64 nanoseconds hold (numpy's and pandas'
+# datetime64[ns], Arrow's timestamp[ns]), so every prepared time converts to them and integer
+# times in ms, µs or ns (above 9.2e9 for any date after 1970-04-17) never pass for seconds.
+# The window is checked on the raw value in its own unit, before a conversion can overflow.
+_MAX_NS = int(np.iinfo(np.int64).max)
+_WINDOW = "1970-01-01 .. 2262-04-11"
+_NS_PER = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1, "d": 86_400 * 10**9}  # unit → ns
 
 
 @dataclass
@@ -215,6 +226,7 @@ def prepare(
     """
     config = config or PrepareConfig()
     report = log or (lambda metrics, step: None)
+    stamp = source_stamp(source)  # before reading: a change made meanwhile is seen next time
     data, vocab, files, n_read = _read(source, config)
     rows = _filter(data, n_read, vocab.events, config, source, report)
     if not data.timestamps:
@@ -248,6 +260,7 @@ def prepare(
         "timestamps": data.timestamps,
         "config": dataclasses.asdict(config),
         "source": os.fspath(source),
+        "source_stamp": stamp,
         "files": [os.fspath(f) for f in files],
         "rows": rows,
         "dropped": {
@@ -349,11 +362,11 @@ def _read(
     vocabularies), then the kept rows joined to their codes, so no string column, and no
     rating, is ever held per row. Ids are validated on every row, other columns on kept rows.
     """
-    lf, files = _scan(source, config.columns)
+    lf, files = _scan(source, config)
     schema = _checked_schema(lf, source, config)
 
     def located(predicate: pl.Expr, column: str, message: str) -> DataError:
-        return _locate(source, config.columns, predicate, column, message)
+        return _locate(source, config, predicate, column, message)
 
     kept = pl.lit(True)  # the rating filter
     counts = [pl.len().alias("read")]
@@ -389,6 +402,8 @@ def _read(
         vocab_frames.append(text.sort("id").with_row_index("code"))
     users, items = vocab_frames
     events = sorted(distinct[3]["event"].drop_nulls().to_list()) if "event" in schema else None
+    if events is not None:
+        _check_event_names(events, config, source)
 
     columns = {"user_id": keys[0], "item_id": keys[1]}
     dtypes = {"user": np.uint32, "item": np.uint32}
@@ -417,8 +432,7 @@ def _read(
     try:
         for batch in encoded.collect_batches(maintain_order=False, engine="streaming"):
             if timestamps and batch["time"].null_count():
-                bad = pl.col("timestamp").is_null() | _time_expr(schema["timestamp"]).is_null()
-                raise located(kept & bad, "timestamp", "null or unparseable timestamp")
+                raise _time_error(source, config, kept, schema["timestamp"])
             if "weight" in dtypes and not batch.select(_good_number("weight", minimum=0.0)) \
                     .to_series().all():
                 raise located(kept & ~_good_number("weight", minimum=0.0), "weight",
@@ -434,6 +448,19 @@ def _read(
     return _EncodedLog(**arrays, timestamps=timestamps), vocab, files, n_read
 
 
+def _check_event_names(
+    events: list[str], config: PrepareConfig, source: str | os.PathLike[str]
+) -> None:
+    """DataError naming the names in `config.events` or `config.event_weights` that are no
+    row's event (a typo would silently drop or leave those rows), listing the log's events."""
+    present = set(events)
+    for option, names in (("events", config.events), ("event_weights", config.event_weights)):
+        unknown = [name for name in names or () if name not in present]
+        if unknown:
+            raise DataError(f"{option} names {unknown}, which no row has; the log's events "
+                            f"are {events}", path=source, column="event")
+
+
 def _good_number(name: str, *, minimum: float | None = None) -> pl.Expr:
     """True for a finite value (≥ minimum if given); False for null, NaN, ±inf (or below)."""
     value = pl.col(name).cast(pl.Float64)
@@ -444,11 +471,14 @@ def _good_number(name: str, *, minimum: float | None = None) -> pl.Expr:
 
 
 def _scan(
-    source: str | os.PathLike[str], columns: Mapping[str, str] | None, *, file_column: bool = False
+    source: str | os.PathLike[str], config: PrepareConfig, *, file_column: bool = False
 ) -> tuple[pl.LazyFrame, list[Path]]:
     """Lazy scan of a Parquet file, folder (hive partitions too) or glob, or of CSV file(s).
 
-    Returns the scan, renamed by `columns`, and the files it reads.
+    Returns the scan, renamed by `config.columns`, and the files it reads. The files of a folder or
+    glob must agree on their schemas for one scan to read them all; when they do not (a
+    folder written by several jobs), each is scanned alone and `_union` casts them to one
+    schema or names the file that cannot agree. A file that cannot be read is named too.
     """
     text = os.fspath(source)
     path = Path(text)
@@ -465,31 +495,131 @@ def _scan(
     if not files:
         raise DataError("no Parquet files found", path=text)
     paths = _FILE if file_column else None
-    csv = {f.suffix.lower() == ".csv" for f in files}
-    if len(csv) > 1:
+    kinds = {f.suffix.lower() == ".csv" for f in files}
+    if len(kinds) > 1:
         raise DataError("mixes CSV and Parquet files; use one format", path=text)
+    csv = kinds.pop()
+    if len(files) > 1:
+        frames = [_scan_file(f, csv=csv, hive=path.is_dir(), paths=paths) for f in files]
+        schemas = [_schema(lf, f) for lf, f in zip(frames, files, strict=True)]
+        if any(schema != schemas[0] for schema in schemas[1:]):
+            renamed = [_renamed(lf, schema, config.columns, f)
+                       for lf, schema, f in zip(frames, schemas, files, strict=True)]
+            return _union(renamed, files, config), files
     try:
-        if csv.pop():
+        if csv:
             lf = pl.scan_csv([str(f) for f in files], try_parse_dates=True,
                              infer_schema_length=10_000, include_file_paths=paths)
         else:
             lf = pl.scan_parquet(text, include_file_paths=paths, hidden_file_prefix=HIDDEN)
     except (pl.exceptions.PolarsError, OSError) as err:
         raise DataError(f"cannot read: {_first_line(err)}", path=text) from err
-    if columns:
-        lf = lf.rename(columns, strict=False)
-    return lf, files
+    return _renamed(lf, _schema(lf, text), config.columns, text), files
+
+
+def _scan_file(path: Path, *, csv: bool, hive: bool, paths: str | None) -> pl.LazyFrame:
+    """Lazy scan of one file of a folder or glob, as `_scan` reads them all at once: hive
+    partition columns from its path when the source is a folder."""
+    try:
+        if csv:
+            return pl.scan_csv(path, try_parse_dates=True, infer_schema_length=10_000,
+                               include_file_paths=paths)
+        return pl.scan_parquet(path, hive_partitioning=hive, include_file_paths=paths)
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise DataError(f"cannot read: {_first_line(err)}", path=path) from err
+
+
+def _schema(lf: pl.LazyFrame, path: str | os.PathLike[str]) -> pl.Schema:
+    """The scan's schema; DataError naming `path` when it cannot be read (not Parquet,
+    truncated)."""
+    try:
+        return lf.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise DataError(f"cannot read: {_first_line(err)}", path=path) from err
+
+
+def _renamed(
+    lf: pl.LazyFrame, schema: pl.Schema, columns: Mapping[str, str] | None,
+    path: str | os.PathLike[str],
+) -> pl.LazyFrame:
+    """`lf` with `columns` renamed; DataError naming a source column the file lacks (a typo
+    would silently leave that column, say the weights, unread), listing those it has."""
+    if not columns:
+        return lf
+    unknown = [name for name in columns if name not in schema]
+    if unknown:
+        raise DataError(f"columns renames {unknown}, which the file lacks; it has "
+                        f"{[c for c in schema if c != _FILE]}", path=path, column=unknown[0])
+    return lf.rename(columns)
+
+
+def _union(
+    frames: list[pl.LazyFrame], files: list[Path], config: PrepareConfig
+) -> pl.LazyFrame:
+    """One scan of files whose schemas differ: each file's contract columns that `config`
+    reads cast to one type per column (`_common_dtype`: ids to strings, as they are compared
+    anyway), other columns dropped. DataError naming the first file that lacks such a column
+    another file has, or whose type for one cannot agree with the others'."""
+    schemas = [lf.collect_schema() for lf in frames]  # renamed; the files were read already
+    picked = []
+    for name in _read_columns(config):
+        having = [f for f, schema in zip(files, schemas, strict=True) if name in schema]
+        if not having:
+            continue
+        if len(having) < len(files):
+            lacking = next(f for f in files if f not in having)
+            raise DataError(f"missing column, which {having[0]} has", path=lacking,
+                            column=name)
+        dtypes = [schema[name] for schema in schemas]
+        common = _common_dtype(name, dtypes)
+        if common is None:
+            raise _disagreement(name, dtypes, files, config)
+        picked.append(pl.col(name).cast(common))
+    if _FILE in schemas[0]:
+        picked.append(pl.col(_FILE))
+    return pl.concat([lf.select(picked) for lf in frames])
+
+
+def _common_dtype(name: str, dtypes: Sequence[pl.DataType]) -> pl.DataType | None:
+    """The type the files' `name` columns of `dtypes` are read as: theirs if they agree;
+    else strings for ids and events, floats for weights and ratings, Int64 for int seconds
+    and UTC µs for dates and datetimes; None if a type breaks the contract or they are
+    different kinds of time."""
+    if all(dtype == dtypes[0] for dtype in dtypes):
+        return dtypes[0]
+    ok, _ = _CONTRACT_TYPES[name]
+    if not all(ok(dtype) for dtype in dtypes):
+        return None
+    if name in ("user_id", "item_id", "event"):
+        return pl.String
+    if name in ("weight", "rating"):
+        return pl.Float64
+    if all(dtype.is_integer() for dtype in dtypes):
+        return pl.Int64
+    if all(isinstance(dtype, pl.Datetime) or dtype == pl.Date for dtype in dtypes):
+        return pl.Datetime("us", "UTC")
+    return None
+
+
+def _disagreement(
+    name: str, dtypes: Sequence[pl.DataType], files: Sequence[Path], config: PrepareConfig
+) -> DataError:
+    """The DataError for files whose `name` types cannot agree: the first file whose type
+    breaks the contract, with a value, or the first whose kind of time differs."""
+    ok, _ = _CONTRACT_TYPES[name]
+    for path, dtype in zip(files, dtypes, strict=True):
+        if not ok(dtype):
+            return _type_error(path, config, name, dtype)
+    path, dtype = next((f, d) for f, d in zip(files, dtypes, strict=True) if d != dtypes[0])
+    return DataError(f"is {dtype} here but {dtypes[0]} in {files[0]}; give every file one "
+                     f"type of time", path=path, column=name)
 
 
 def _checked_schema(
     lf: pl.LazyFrame, source: str | os.PathLike[str], config: PrepareConfig
 ) -> pl.Schema:
     """The contract columns' dtypes; DataError for a missing column or a wrong type."""
-    try:
-        schema = lf.collect_schema()
-    except pl.exceptions.PolarsError as err:
-        raise DataError(f"cannot read: {_first_line(err)}", path=source) from err
-    renamed = {v: k for k, v in (config.columns or {}).items()}
+    schema = _schema(lf, source)
     needed = dict.fromkeys(REQUIRED, "")  # column → why this config needs it
     if config.events is not None or config.event_weights is not None:
         needed["event"] = "events and event_weights read it"
@@ -503,30 +633,26 @@ def _checked_schema(
                                'log without timestamps needs fold_in="random" or "auto"')
     for name, why in needed.items():
         if name not in schema:
-            origin = f" (renamed from {renamed[name]!r})" if name in renamed else ""
             raise DataError(
-                f"missing column{origin}{'; ' + why if why else ''}; the file has "
-                f"{list(schema)}",
+                f"missing column{'; ' + why if why else ''}; the file has {list(schema)}",
                 path=source, column=name,
             )
-    checks = {
-        "user_id": (_is_id, "an integer or string id"),
-        "item_id": (_is_id, "an integer or string id"),
-        "timestamp": (_is_time, "a timestamp, a date, int seconds or a parseable string"),
-        "event": (_is_text, "a string"),
-        "weight": (lambda d: d.is_numeric(), "a number"),
-        "rating": (lambda d: d.is_numeric(), "a number"),
-    }
-    if config.min_rating is None:
-        del checks["rating"]  # an unused column is not read
-    for name, (ok, expected) in checks.items():
+    for name in _read_columns(config):
+        ok, _ = _CONTRACT_TYPES[name]
         if name in schema and not ok(schema[name]):
-            offending = pl.col(name).is_not_null()
-            if schema[name] == pl.String:  # only weight and rating refuse strings: name one
-                offending &= pl.col(name).cast(pl.Float64, strict=False).is_null()
-            raise _locate(source, config.columns, offending, name,
-                          f"must be {expected}, got {schema[name]}")
+            raise _type_error(source, config, name, schema[name])
     return schema
+
+
+def _type_error(
+    source: str | os.PathLike[str], config: PrepareConfig, name: str, dtype: pl.DataType
+) -> DataError:
+    """The DataError for a contract column of the wrong type, naming a value that shows it."""
+    offending = pl.col(name).is_not_null()
+    if dtype == pl.String:  # only weight and rating refuse strings: name one
+        offending &= pl.col(name).cast(pl.Float64, strict=False).is_null()
+    return _locate(source, config, offending, name,
+                   f"must be {_CONTRACT_TYPES[name][1]}, got {dtype}")
 
 
 def _is_text(dtype: pl.DataType) -> bool:
@@ -541,6 +667,26 @@ def _is_time(dtype: pl.DataType) -> bool:
     return isinstance(dtype, pl.Datetime) or dtype in (pl.Date, pl.String) or dtype.is_integer()
 
 
+def _is_number(dtype: pl.DataType) -> bool:
+    return dtype.is_numeric()
+
+
+# The contract's columns: the type each must have, and how to say it.
+_CONTRACT_TYPES: dict[str, tuple[Callable[[pl.DataType], bool], str]] = {
+    "user_id": (_is_id, "an integer or string id"),
+    "item_id": (_is_id, "an integer or string id"),
+    "timestamp": (_is_time, "a timestamp, a date, int seconds or a parseable string"),
+    "event": (_is_text, "a string"),
+    "weight": (_is_number, "a number"),
+    "rating": (_is_number, "a number"),
+}
+
+
+def _read_columns(config: PrepareConfig) -> list[str]:
+    """The contract columns `config` reads where the log has them: all but an unused rating."""
+    return [name for name in _CONTRACT_TYPES if name != "rating" or config.min_rating is not None]
+
+
 def _id_expr(name: str, dtype: pl.DataType) -> pl.Expr:
     """Ids join in their own dtype (cheaper than strings); categoricals become strings."""
     return pl.col(name).cast(pl.String) if isinstance(dtype, pl.Categorical | pl.Enum) else (
@@ -548,32 +694,101 @@ def _id_expr(name: str, dtype: pl.DataType) -> pl.Expr:
     )
 
 
-def _time_expr(dtype: pl.DataType) -> pl.Expr:
-    """Microseconds since the epoch (UTC); null where a string does not parse."""
+def _time_count(dtype: pl.DataType) -> tuple[pl.Expr, int]:
+    """The timestamp as a whole number of units since the epoch (UTC), and that unit in ns:
+    int seconds as given, dates in days, datetimes in their own unit, strings parsed to µs
+    (null where they do not parse). Nothing is multiplied yet, so nothing has overflowed."""
     raw = pl.col("timestamp")
     if dtype.is_integer():
-        return raw.cast(pl.Int64) * _US
+        return raw, _NS_PER["s"]
+    if dtype == pl.Date:
+        return raw.dt.epoch("d"), _NS_PER["d"]
     if dtype == pl.String:
-        raw = raw.str.to_datetime(time_unit="us", strict=False)
-    return raw.dt.epoch("us")
+        return raw.str.to_datetime(time_unit="us", strict=False).dt.epoch("us"), _NS_PER["us"]
+    return raw.dt.epoch(dtype.time_unit), _NS_PER[dtype.time_unit]
+
+
+def _in_window(count: pl.Expr, unit: int) -> pl.Expr:
+    """Whether `count` units (of `unit` ns) since the epoch lie in the window (null if null)."""
+    return count.is_between(0, _MAX_NS // unit)
+
+
+def _time_expr(dtype: pl.DataType) -> pl.Expr:
+    """Microseconds since the epoch (UTC); null where a string does not parse or a time lies
+    outside the window, so no out-of-range time is ever converted (an int of 2**62 seconds
+    times 10**6 would wrap around to 1970)."""
+    count, unit = _time_count(dtype)
+    micros = count.cast(pl.Int64, strict=False)  # a UInt64 past int64 is outside anyway
+    micros = micros * (unit // 1000) if unit >= 1000 else micros // (1000 // unit)
+    return pl.when(_in_window(count, unit)).then(micros)
+
+
+def _time_error(
+    source: str | os.PathLike[str], config: PrepareConfig, kept: pl.Expr, dtype: pl.DataType
+) -> DataError:
+    """The DataError for the first kept row whose timestamp is null, unparseable or outside
+    the window; for int times, the unit that row's file looks like when it is not seconds."""
+    count, unit = _time_count(dtype)
+    hit = _first_hit(source, config, kept & count.is_null(), "timestamp")
+    if hit is not None:
+        return DataError("null or unparseable timestamp", path=hit[0], column="timestamp",
+                         value=hit[1])
+    message = f"outside {_WINDOW}"
+    hit = _first_hit(source, config, kept & ~_in_window(count, unit), "timestamp")
+    if hit is None:  # the source changed or broke since it was read
+        return DataError(message, path=source, column="timestamp")
+    if dtype.is_integer():
+        lf, _ = _scan(source, config, file_column=True)
+        low, high = (lf.filter(kept & (pl.col(_FILE) == hit[0]))
+                     .select(pl.col("timestamp").min().alias("low"),
+                             pl.col("timestamp").max().alias("high")).collect().row(0))
+        message += f" as int seconds since the epoch{_unit_hint(low, high)}"
+    return DataError(message, path=hit[0], column="timestamp", value=hit[1])
+
+
+def _unit_hint(low: int, high: int) -> str:
+    """The unit int times from `low` to `high` look like when every one of them lies past the
+    window as seconds and inside it in that unit (ms first); "" otherwise, e.g. for a file of
+    seconds with one stray value."""
+    last_second = _MAX_NS // _NS_PER["s"]
+    if low <= last_second:
+        return ""
+    for name, per_second in (("milliseconds", 10**3), ("microseconds", 10**6),
+                             ("nanoseconds", 10**9)):
+        if high // per_second <= last_second:
+            return (f"; these look like {name} since the epoch; convert to seconds (divide "
+                    f"by {per_second:,})")
+    return ""
+
+
+def _first_hit(
+    source: str | os.PathLike[str],
+    config: PrepareConfig,
+    predicate: pl.Expr,
+    column: str,
+) -> tuple[str, object] | None:
+    """(file, value of `column`) of the first row matching `predicate`; None if no row does or
+    the source cannot be read."""
+    lf, _ = _scan(source, config, file_column=True)
+    try:
+        hit = lf.filter(predicate).select(pl.col(column), pl.col(_FILE)).head(1).collect()
+    except pl.exceptions.PolarsError:
+        return None
+    return (hit[_FILE][0], hit[column][0]) if hit.height else None
 
 
 def _locate(
     source: str | os.PathLike[str],
-    columns: Mapping[str, str] | None,
+    config: PrepareConfig,
     predicate: pl.Expr,
     column: str,
     message: str,
 ) -> DataError:
     """The DataError for the first row matching `predicate`, naming its file and value."""
-    lf, _ = _scan(source, columns, file_column=True)
-    try:
-        hit = lf.filter(predicate).select(pl.col(column), pl.col(_FILE)).head(1).collect()
-    except pl.exceptions.PolarsError:
-        hit = pl.DataFrame()
-    if hit.height == 0:
+    hit = _first_hit(source, config, predicate, column)
+    if hit is None:
         return DataError(message, path=source, column=column)
-    return DataError(message, path=hit[_FILE][0], column=column, value=hit[column][0])
+    return DataError(message, path=hit[0], column=column, value=hit[1])
 
 
 def _collect_all(queries: list[pl.LazyFrame], source: str | os.PathLike[str]) -> list[pl.DataFrame]:
@@ -728,13 +943,15 @@ def _apply_events(
     data: _EncodedLog, events: list[str] | None, config: PrepareConfig,
     source: str | os.PathLike[str],
 ) -> None:
-    """Keep only `config.events`, multiply weights by `config.event_weights`, drop the codes."""
+    """Keep only `config.events`, multiply weights by `config.event_weights`, drop the codes.
+
+    Every name in them is one of `events`, the log's (`_check_event_names`)."""
     if data.event is None:
         return
     codes = {name: code for code, name in enumerate(events or [])}
     if config.events is not None:
         allowed = np.zeros(len(codes) + 1, dtype=bool)  # last slot: null event, never kept
-        allowed[[codes[e] for e in config.events if e in codes]] = True
+        allowed[[codes[e] for e in config.events]] = True
         data.keep(allowed[data.event])
         if data.size == 0:
             raise DataError(
@@ -745,8 +962,7 @@ def _apply_events(
     if config.event_weights is not None:
         factor = np.ones(len(codes) + 1)
         for name, value in config.event_weights.items():
-            if name in codes:
-                factor[codes[name]] = value
+            factor[codes[name]] = value
         base = 1.0 if data.weight is None else data.weight
         data.weight = base * factor[data.event]
     data.event = None
