@@ -460,10 +460,14 @@ def test_every_source_layout_gives_the_same_folder(tmp_path):
         (folder / "_SUCCESS").touch()
         (folder / ".part-0.parquet.crc").write_bytes(b"junk")
     log.write_csv(tmp_path / "log.csv")
+    log.write_parquet(tmp_path / "log[2**62].parquet")  # a file, though its name looks a glob
+    log.write_csv(tmp_path / "log*.csv")
     config = PrepareConfig(**SMALL)
     reference = prepare(tmp_path / "one.parquet", tmp_path / "out-file", config)
     for name, source in [("folder", parts), ("hive", hive), ("glob", parts / "*.parquet"),
-                         ("csv", tmp_path / "log.csv")]:
+                         ("csv", tmp_path / "log.csv"),
+                         ("odd-name", tmp_path / "log[2**62].parquet"),
+                         ("odd-csv", tmp_path / "log*.csv")]:
         folder = prepare(source, tmp_path / f"out-{name}", config)
         assert_same_output(reference, folder)
     assert len(manifest(tmp_path / "out-glob")["files"]) == 3

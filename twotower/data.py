@@ -482,14 +482,14 @@ def _scan(
     """
     text = os.fspath(source)
     path = Path(text)
-    if path.is_dir():
+    if path.is_file():  # before the glob test: a file may be named "log[1].parquet"
+        files = [path]
+    elif path.is_dir():
         files = sorted(p for p in path.rglob("*.parquet")
                        if p.is_file() and not p.name.startswith(HIDDEN))
     elif glob.has_magic(text):
         files = sorted(Path(p) for p in glob.glob(text, recursive=True)
                        if Path(p).is_file() and not Path(p).name.startswith(HIDDEN))
-    elif path.is_file():
-        files = [path]
     else:
         raise DataError("no such file or folder", path=text)
     if not files:
@@ -508,10 +508,11 @@ def _scan(
             return _union(renamed, files, config), files
     try:
         if csv:
-            lf = pl.scan_csv([str(f) for f in files], try_parse_dates=True,
+            lf = pl.scan_csv([str(f) for f in files], try_parse_dates=True, glob=False,
                              infer_schema_length=10_000, include_file_paths=paths)
         else:
-            lf = pl.scan_parquet(text, include_file_paths=paths, hidden_file_prefix=HIDDEN)
+            lf = pl.scan_parquet(text, include_file_paths=paths, hidden_file_prefix=HIDDEN,
+                                 glob=not path.is_file())
     except (pl.exceptions.PolarsError, OSError) as err:
         raise DataError(f"cannot read: {_first_line(err)}", path=text) from err
     return _renamed(lf, _schema(lf, text), config.columns, text), files
@@ -523,8 +524,9 @@ def _scan_file(path: Path, *, csv: bool, hive: bool, paths: str | None) -> pl.La
     try:
         if csv:
             return pl.scan_csv(path, try_parse_dates=True, infer_schema_length=10_000,
-                               include_file_paths=paths)
-        return pl.scan_parquet(path, hive_partitioning=hive, include_file_paths=paths)
+                               include_file_paths=paths, glob=False)
+        return pl.scan_parquet(path, hive_partitioning=hive, include_file_paths=paths,
+                               glob=False)
     except (pl.exceptions.PolarsError, OSError) as err:
         raise DataError(f"cannot read: {_first_line(err)}", path=path) from err
 

@@ -116,15 +116,15 @@ def source_stamp(source: str | os.PathLike[str]) -> str:
     """
     text = os.fspath(source)
     path = Path(text)
-    if path.is_dir():
+    if path.is_file():  # before the glob test: a file may be named "log[1].parquet"
+        root, files = path.parent, [path]
+    elif path.is_dir():
         root, files = path, [p for p in path.rglob("*") if p.is_file()
                              and not any(part.startswith(HIDDEN)
                                          for part in p.relative_to(path).parts)]
     elif glob.has_magic(text):
         root, files = None, [Path(p) for p in glob.glob(text, recursive=True)
                              if Path(p).is_file() and not Path(p).name.startswith(HIDDEN)]
-    elif path.is_file():
-        root, files = path.parent, [path]
     else:
         raise DataError("no such file or folder", path=text)
     digest = hashlib.sha256()
