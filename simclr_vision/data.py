@@ -27,6 +27,7 @@ import gzip
 import io
 import math
 import os
+import re
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -82,6 +83,7 @@ _MODES = {1: "L", 3: "RGB"}
 # What PIL raises for a bad image: OSError mostly, SyntaxError for a broken PNG chunk met while
 # decoding (PngImagePlugin.ChunkStream.read), DecompressionBombError for absurd dimensions.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_BYTES_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")  # how PIL names bytes
 _TEXT_TYPES = frozenset({"string", "large_string", "string_view"})
 _BYTES_TYPES = frozenset({"binary", "large_binary", "binary_view"})
 _RESIZE_CHUNK = 4096  # images per block when converting arrays: bounds the float copy
@@ -610,7 +612,8 @@ def _decode_into(
         except _DECODE_ERRORS as error:
             if skip_bad:
                 continue
-            raise fail(i, f"unreadable image: {error}") from error
+            reason = _BYTES_REPR.sub("the stored bytes", str(error))  # not "<_io.BytesIO at 0x..>"
+            raise fail(i, f"unreadable image: {reason}") from error
         if out is None:
             out = torch.empty((n, channels, *pixels.shape[:2]), dtype=torch.uint8)
             view = out.numpy()

@@ -380,7 +380,8 @@ def test_catalog_with_image_bytes_png_and_jpeg(tmp_path):
 def test_catalog_corrupt_image_names_file_row_and_item(tmp_path):
     path = tmp_path / "c.parquet"
     _catalog(path, ["x", "y", "z", "w"], image=[_encode(_pixels()), b"junk", None, _broken_png()])
-    with pytest.raises(DataError, match=r"c\.parquet, column 'image': row 1 \(item_id 'y'\)"):
+    with pytest.raises(DataError, match=r"c\.parquet, column 'image': row 1 \(item_id 'y'\)"
+                       r": unreadable image: cannot identify image file the stored bytes$"):
         load_catalog(path)
     data = load_catalog(path, skip_bad=True)
     assert data.ids == ["x"] and data.skipped == ("y", "z", "w")
