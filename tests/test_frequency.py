@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import twotower.frequency as frequency
 from twotower.contrastive import LOG_Q_FLOOR, info_nce
 from twotower.frequency import StreamingFrequencyEstimator, log_q_from_counts
 
@@ -99,6 +100,34 @@ def shuffled_epochs(counts: list[int], batch_size: int, epochs: int, seed: int) 
     g = torch.Generator().manual_seed(seed)
     order = torch.argsort(torch.rand(epochs, rows.numel(), generator=g), dim=1)  # (E, N)
     return rows[order].reshape(-1, batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# The floor: one constant, applied by one function, wherever a log q is made or used.
+
+
+def test_one_floor_constant_governs_every_log_q(monkeypatch):
+    floor = math.log(0.3)  # far above any real floor, so every path below hits it
+    monkeypatch.setattr(frequency, "LOG_Q_FLOOR", floor)
+    # Counts: q ≈ 2·1/100 for the rare item; the frequent one is in every other batch or more.
+    log_q = log_q_from_counts([1, 99], 2)
+    assert log_q[0] == floor and log_q[1] > floor
+    # Streaming: item 1 at steps 0 and 10 (δ = 10), item 2 at every step (δ = 1).
+    est = run_estimator([(t, [1, 2] if t % 10 == 0 else [2]) for t in range(11)],
+                        num_buckets=8, alpha=1.0)
+    assert est.log_q(torch.tensor([1, 2])).tolist() == [pytest.approx(floor), 0.0]
+    # The loss clips a log_q made elsewhere by the same function.
+    q, c = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(info_nce(q, c, log_q=torch.tensor([-math.inf, -5.0, -2.0, -9.0])),
+                               info_nce(q, c, log_q=torch.full((4,), floor)))
+    assert frequency.floor_log_q(torch.tensor([-2.0, -0.5])).tolist() == [
+        pytest.approx(floor), -0.5]
+
+
+def test_the_floor_is_log_1e_minus_12():
+    assert frequency.LOG_Q_FLOOR == math.log(1e-12)
+    assert frequency.floor_log_q(torch.tensor([-math.inf, -20.0])).tolist() == [
+        pytest.approx(math.log(1e-12)), -20.0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,11 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from twotower.distributed import gather_with_grad, rank, world_size
+from twotower.frequency import LOG_Q_FLOOR, floor_log_q
 
+# LOG_Q_FLOOR lives with the frequencies; it stays importable from here, where it was defined.
 __all__ = ["LOG_Q_FLOOR", "catalog_softmax", "info_nce", "nt_xent"]
-
-LOG_Q_FLOOR = math.log(1e-12)
-"""log_q is clipped below at log(1e-12) so an unseen item cannot get an unbounded logit."""
 
 Reduction = Literal["mean", "sum", "none"]
 Temperature = float | Tensor
@@ -56,7 +55,8 @@ def info_nce(
         candidates: (B, d); row i is the positive of query i, every other row a negative.
         temperature: τ > 0, a float or a scalar tensor (learnable temperature).
         log_q: (B,) log probability that candidate j appears in a batch; subtracted from the
-            logit after the temperature division, clipped below at `LOG_Q_FLOOR`.
+            logit after the temperature division, clipped below at `LOG_Q_FLOOR`
+            (`twotower.frequency.floor_log_q`).
         candidate_ids: (B,) integer ids; a negative with the id of row i's positive is masked.
         extra_candidates: (M, d) sampled negatives shared by every row (mixed negatives).
         extra_log_q: (M,) logQ of the extra candidates (needs `extra_candidates`).
@@ -103,7 +103,7 @@ def info_nce(
     all_candidates = torch.cat(columns)
     bias = _join_optional(biases, [c.shape[0] for c in columns])
     if bias is not None:
-        bias = bias.clamp_min(LOG_Q_FLOOR)
+        bias = floor_log_q(bias)  # a log_q from elsewhere than `twotower.frequency` may be −inf
     # Ids cover a prefix of the columns: extras without ids are never masked.
     all_ids = torch.cat([i for i in ids if i is not None]) if ids[0] is not None else None
 

@@ -36,14 +36,27 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from twotower.contrastive import LOG_Q_FLOOR
+__all__ = ["LOG_Q_FLOOR", "StreamingFrequencyEstimator", "floor_log_q", "log_q_from_counts"]
 
-__all__ = ["StreamingFrequencyEstimator", "log_q_from_counts"]
+LOG_Q_FLOOR = math.log(1e-12)
+"""log q is clipped below at log(1e-12) so an unseen item cannot get an unbounded logit."""
 
 _PRODUCT_TERMS = 64  # up to this many factors the exact product; beyond it, Stirling's series
 _STIRLING_MIN = 16  # Stirling's series (4 terms) for log z! with z ≥ this: error < 2e-14
 _HASH_MULTIPLIER = 2654435761  # the prime nearest below 2³²/φ (Knuth's multiplicative hashing)
 _MAX_BUCKETS = 2**31  # keeps (id mod H) · multiplier below 2⁶³: no int64 overflow
+
+
+# ---------------------------------------------------------------------------------------------
+# The floor.
+
+
+def floor_log_q(log_q: Tensor) -> Tensor:
+    """log q clipped below at `LOG_Q_FLOOR`, any shape: the one place the floor is applied.
+
+    q = 0 (an item with no training row, or no uniform draw) would put +inf in its logit.
+    """
+    return log_q.clamp_min(LOG_Q_FLOOR)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,7 +111,7 @@ def log_q_from_counts(
         )
     values, inverse = torch.unique(c, return_inverse=True)  # items with one count share q
     log_absent = _log_absent(values, n, int(batch_size))
-    log_q = torch.log(-torch.expm1(log_absent)).clamp_min(LOG_Q_FLOOR)[inverse]  # (I,)
+    log_q = floor_log_q(torch.log(-torch.expm1(log_absent)))[inverse]  # (I,)
     if isinstance(counts, Tensor):
         return log_q.to(counts.device)
     return log_q.numpy()
@@ -290,7 +303,7 @@ class StreamingFrequencyEstimator(nn.Module):
         # Never seen: the gap it would have if it were in the next batch.
         unseen = (self._step + 1 - self.last_step[buckets]).to(delta.dtype)
         delta = torch.where(delta > 0, delta, unseen).clamp_min(1.0)  # p̂ = 1/δ ≤ 1
-        return (-torch.log(delta)).clamp_min(LOG_Q_FLOOR)
+        return floor_log_q(-torch.log(delta))
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"num_buckets": self.num_buckets, "alpha": self.alpha, "step": self._step}
