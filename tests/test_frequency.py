@@ -469,3 +469,81 @@ def test_cuda_state_gives_the_cpu_estimates():
     log_q = log_q_from_counts(counts, 3)
     assert log_q.device.type == "cuda"
     np.testing.assert_array_equal(log_q.cpu().numpy(), log_q_from_counts(counts.cpu(), 3).numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# One interface: every TrainConfig.logq and the mixed negatives' q, against the formulas.
+
+
+def naive_uniform_log_q(num_items: int, draws: int) -> float:
+    """log P(item among `draws` uniform draws with replacement), in exact rationals."""
+    q = 1 - Fraction(num_items - 1, num_items) ** draws
+    return math.log(q.numerator) - math.log(q.denominator)
+
+
+COUNTS = [5, 0, 3, 12, 1, 7]  # N = 28 rows, one item without any
+STREAM = [(0, [3, 0, 3]), (1, [2, 5]), (2, [3]), (4, [0, 3, 4]), (5, [3, 2])]
+
+
+def sources(mode: str, mixed_draws: int = 4) -> tuple[frequency.LogQ, frequency.LogQ]:
+    return frequency.log_q_sources(mode, item_counts=np.array(COUNTS), batch_size=4,
+                                   alpha=0.5, mixed_draws=mixed_draws)
+
+
+@pytest.mark.parametrize("mode", frequency.LOGQ_MODES)
+def test_each_logq_mode_through_the_one_interface_follows_its_formula(mode):
+    batch, mixed = sources(mode)
+    ids = torch.arange(len(COUNTS))
+    for t, items in STREAM:  # the trainer's calls: update with the batch, then log_q
+        batch.update(torch.tensor(items), t)
+    got, got_mixed = batch.log_q(ids), mixed.log_q(ids)
+    if mode == "none":
+        assert got is None and got_mixed is None
+        return
+    want = {"counts": naive_log_q(COUNTS, 4),
+            "streaming": [naive_algorithm_2(STREAM, len(COUNTS), 0.5)(y) for y in ids.tolist()],
+            }[mode]
+    assert got.dtype == torch.float32 and got.shape == ids.shape
+    torch.testing.assert_close(got, torch.tensor(want), rtol=1e-6, atol=1e-6)
+    # The mixed negatives: 4 uniform draws over the 6 items, the same q for every item.
+    torch.testing.assert_close(got_mixed, torch.full((6,), naive_uniform_log_q(6, 4)))
+    assert got_mixed.dtype == torch.float32
+    # Only the streaming estimator learns from the batches, and only it has state to save.
+    assert bool(batch.state_dict()) == (mode == "streaming") and not mixed.state_dict()
+
+
+def test_counts_source_ignores_updates_and_keeps_the_shape_of_the_ids():
+    batch, _ = sources("counts")
+    ids = torch.tensor([[0, 1], [3, 3]])
+    before = batch.log_q(ids)
+    batch.update(torch.tensor([1, 1, 1]), 0)
+    assert torch.equal(batch.log_q(ids), before)
+    assert before[0, 1] == pytest.approx(LOG_Q_FLOOR)  # no training row: the floor
+    assert torch.equal(before, torch.as_tensor(log_q_from_counts(COUNTS, 4),
+                                               dtype=torch.float32)[ids])
+
+
+@pytest.mark.parametrize(("num_items", "draws"), [(2, 1), (6, 4), (80, 16), (10**6, 3), (7, 500)])
+def test_uniform_log_q_is_the_chance_of_a_uniform_draw(num_items, draws):
+    got = frequency.UniformLogQ(num_items, draws).log_q(torch.tensor([0, num_items - 1]))
+    torch.testing.assert_close(got, torch.full((2,), naive_uniform_log_q(num_items, draws)))
+
+
+def test_uniform_log_q_of_one_item_is_certain_and_its_floor_is_the_shared_one(monkeypatch):
+    assert frequency.UniformLogQ(1, 3).log_q(torch.tensor([0])).tolist() == [0.0]
+    monkeypatch.setattr(frequency, "LOG_Q_FLOOR", math.log(0.3))
+    got = frequency.UniformLogQ(100, 2).log_q(torch.tensor([5]))  # q ≈ 0.02
+    assert got.item() == pytest.approx(math.log(0.3))
+
+
+def test_sources_without_mixed_negatives_or_with_a_bad_mode():
+    for mode in ("counts", "streaming"):
+        batch, mixed = sources(mode, mixed_draws=0)
+        assert isinstance(mixed, frequency.NoLogQ) and batch.log_q(torch.tensor([0])) is not None
+    streaming, _ = sources("streaming")
+    assert isinstance(streaming, StreamingFrequencyEstimator)
+    assert streaming.num_buckets == len(COUNTS) and streaming.alpha == 0.5
+    with pytest.raises(ValueError, match="logq must be none, counts or streaming"):
+        sources("sampled")
+    with pytest.raises(ValueError, match="draws must be ≥ 1"):
+        frequency.UniformLogQ(5, 0)

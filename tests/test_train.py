@@ -124,6 +124,21 @@ def test_mixed_negatives_add_uniform_items_with_their_own_logq(shop_dir, monkeyp
     assert (call["extra_candidate_ids"] < n_items).all()
 
 
+@pytest.mark.parametrize("logq", ["none", "counts", "streaming"])
+def test_each_logq_corrects_the_mixed_negatives_and_checkpoints_only_learned_state(
+        shop_dir, tmp_path, monkeypatch, logq):
+    spy = _Spy(monkeypatch)
+    fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=1, mixed_negatives=4, logq=logq,
+                                                  checkpoint_dir=str(tmp_path)), progress=False)
+    assert (spy.calls[0]["extra_log_q"] is None) == (logq == "none")
+    estimator = torch.load(tmp_path / "last.pt", weights_only=False)["estimator"]
+    if logq != "streaming":
+        assert estimator is None  # counts are recomputed from the data, not saved
+    else:
+        assert sorted(estimator) == ["_extra_state", "delta", "last_step"]
+        assert estimator["_extra_state"]["step"] == len(spy.calls) - 1
+
+
 def test_learned_temperature_moves_and_stays_in_range(shop_dir):
     logged = []
     fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=1, learn_temperature=True,

@@ -7,16 +7,25 @@ biased towards popular items; `info_nce` corrects each logit by −log q_j, with
 
     q_j = P(item j is in a training batch),
 
-one number per batch (a step), not per row. Two ways to get it:
+one number per batch (a step), not per row. The trainer reads it through one interface,
+`LogQ`: `update(ids, step)` with each step's batch, then `log_q(ids)`. The sources:
 
-    log_q_from_counts            exact, from the training split's item counts, for the sampler
-                                 the trainer uses: each epoch a random permutation of the N
-                                 training rows is cut into batches of B rows
+    NoLogQ                       no correction (`log_q` is None)
+    CountsLogQ                   exact, from the training split's item counts
+                                 (`log_q_from_counts`), for the sampler the trainer uses: each
+                                 epoch a random permutation of the N training rows is cut into
+                                 batches of B rows
     StreamingFrequencyEstimator  Yi et al.'s Algorithm 2: estimated online from the batches
                                  actually seen, for streams whose counts are not known up front
+    UniformLogQ                  the mixed negatives' q (Yang et al. 2020): D uniform draws
+                                 over the catalog per step
 
-Both give the same quantity: the estimator averages the number of steps between two batches
-that contain the item, and the mean gap of a stationary stream is 1 / q_j.
+`log_q_sources` builds the pair the trainer needs (the batch's items, the mixed negatives) from
+`TrainConfig.logq`. Every log q any of them returns is at least `LOG_Q_FLOOR`, applied by
+`floor_log_q` (which `info_nce` also applies to a log_q from elsewhere).
+
+Counts and streaming give the same quantity: the estimator averages the number of steps
+between two batches that contain the item, and the mean gap of a stationary stream is 1 / q_j.
 
 Under DDP with gathered negatives (`info_nce` gathers log_q with the candidates) the batch that
 matters is the global one: pass the global batch size to `log_q_from_counts`, and give a
@@ -30,14 +39,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LOG_Q_FLOOR", "StreamingFrequencyEstimator", "floor_log_q", "log_q_from_counts"]
+__all__ = ["LOGQ_MODES", "LOG_Q_FLOOR", "CountsLogQ", "LogQ", "NoLogQ",
+           "StreamingFrequencyEstimator", "UniformLogQ", "floor_log_q", "log_q_from_counts",
+           "log_q_sources"]
 
+LogQMode = Literal["none", "counts", "streaming"]
+LOGQ_MODES: tuple[LogQMode, ...] = ("none", "counts", "streaming")
+"""The corrections `log_q_sources` builds (`TrainConfig.logq`)."""
 LOG_Q_FLOOR = math.log(1e-12)
 """log q is clipped below at log(1e-12) so an unseen item cannot get an unbounded logit."""
 
@@ -48,7 +62,7 @@ _MAX_BUCKETS = 2**31  # keeps (id mod H) · multiplier below 2⁶³: no int64 ov
 
 
 # ---------------------------------------------------------------------------------------------
-# The floor.
+# The interface and the floor.
 
 
 def floor_log_q(log_q: Tensor) -> Tensor:
@@ -57,6 +71,30 @@ def floor_log_q(log_q: Tensor) -> Tensor:
     q = 0 (an item with no training row, or no uniform draw) would put +inf in its logit.
     """
     return log_q.clamp_min(LOG_Q_FLOOR)
+
+
+class LogQ(nn.Module):
+    """A source of log q_j, the probability that item j is in a batch, for the logQ correction.
+
+    Once per step `update(ids, step)` with the step's batch (the gathered global batch under
+    DDP), then `log_q(ids)` for the candidates: log q ≥ `LOG_Q_FLOOR` in the shape of the ids,
+    or None for no correction (what `info_nce` takes as none). A module, so `.to(device)`
+    moves its tables and `state_dict()` holds what it learns (nothing, for most sources).
+    """
+
+    def update(self, item_ids: Tensor, step: int) -> None:
+        """Record that the ids were in step's batch; a source whose q is fixed ignores it."""
+
+    def log_q(self, item_ids: Tensor) -> Tensor | None:
+        """log q of the ids (any shape) → that shape, or None (no correction)."""
+        raise NotImplementedError
+
+
+class NoLogQ(LogQ):
+    """No correction (`logq="none"`): the softmax over the batch keeps its popularity bias."""
+
+    def log_q(self, item_ids: Tensor) -> None:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,11 +231,30 @@ def _omega(z: Tensor) -> Tensor:
     return r * (1 / 12 - r2 * (1 / 360 - r2 * (1 / 1260 - r2 / 1680)))
 
 
+class CountsLogQ(LogQ):
+    """Exact q_j from the training counts under the shuffled-epoch sampler (`log_q_from_counts`).
+
+    Args:
+        counts: (I,) training rows per item.
+        batch_size: B rows per step, over all ranks.
+    """
+
+    table: Tensor
+
+    def __init__(self, counts: np.ndarray | Tensor | Sequence[int], batch_size: int) -> None:
+        super().__init__()
+        table = torch.as_tensor(log_q_from_counts(counts, batch_size), dtype=torch.float32)
+        self.register_buffer("table", table, persistent=False)  # (I,), recomputed, not saved
+
+    def log_q(self, item_ids: Tensor) -> Tensor:
+        return self.table[item_ids]
+
+
 # ---------------------------------------------------------------------------------------------
 # Streaming estimate (Yi et al. 2019, Algorithm 2).
 
 
-class StreamingFrequencyEstimator(nn.Module):
+class StreamingFrequencyEstimator(LogQ):
     """Online estimate of q_j, the probability that item j is in a batch (Yi et al. 2019, Alg. 2).
 
     Two hashed arrays of `num_buckets` entries: A[h] (buffer `last_step`) the last step at which
@@ -331,3 +388,64 @@ class StreamingFrequencyEstimator(nn.Module):
                 f"{self.delta.device}; move it with .to(device)"
             )
         return item_ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Uniform draws: the mixed negatives' q.
+
+
+class UniformLogQ(LogQ):
+    """q of the mixed negatives (Yang et al. 2020): P(item j is among D uniform draws).
+
+    D draws with replacement over I items miss j with probability (1 − 1/I)^D, so
+    q = 1 − (1 − 1/I)^D for every item, computed as log(−expm1(D·log1p(−1/I))): accurate for
+    q near 0 and near 1 (q = 1 for a catalog of one item).
+
+    Args:
+        num_items: I, the catalog the draws are uniform over.
+        draws: D per step, over all ranks.
+    """
+
+    value: Tensor
+
+    def __init__(self, num_items: int, draws: int) -> None:
+        super().__init__()
+        if num_items < 1 or draws < 1:
+            raise ValueError(f"num_items and draws must be ≥ 1, got {num_items} and {draws}")
+        log_q = (math.log(-math.expm1(draws * math.log1p(-1.0 / num_items)))
+                 if num_items > 1 else 0.0)
+        self.register_buffer("value", floor_log_q(torch.tensor(log_q)), persistent=False)
+
+    def log_q(self, item_ids: Tensor) -> Tensor:
+        return self.value.expand(item_ids.shape).clone()
+
+
+# ---------------------------------------------------------------------------------------------
+# The sources of a training config.
+
+
+def log_q_sources(
+    mode: LogQMode, *, item_counts: np.ndarray, batch_size: int, alpha: float, mixed_draws: int
+) -> tuple[LogQ, LogQ]:
+    """The sources of one `TrainConfig.logq`: (the batch's own items, the mixed negatives).
+
+        none       `NoLogQ` for both
+        counts     `CountsLogQ` for the batch's items
+        streaming  a `StreamingFrequencyEstimator` with one bucket per item (no collisions)
+    and, unless none, `UniformLogQ` for the mixed negatives (`NoLogQ` without them).
+
+    Args:
+        mode: one of `LOGQ_MODES`.
+        item_counts: (I,) training rows per item.
+        batch_size: B training rows per step, over all ranks.
+        alpha: the streaming estimator's moving-average weight.
+        mixed_draws: uniform catalog items added per step, over all ranks (0: none).
+    """
+    if mode not in LOGQ_MODES:
+        raise ValueError(f"logq must be none, counts or streaming, got {mode!r}")
+    if mode == "none":
+        return NoLogQ(), NoLogQ()
+    num_items = len(item_counts)
+    batch: LogQ = (CountsLogQ(item_counts, batch_size) if mode == "counts"
+                   else StreamingFrequencyEstimator(max(1, num_items), alpha))
+    return batch, UniformLogQ(num_items, mixed_draws) if mixed_draws else NoLogQ()

@@ -56,7 +56,7 @@ from twotower.data import prepared_manifest
 from twotower.distributed import gather_with_grad, rank, world_size
 from twotower.evaluate import EvalQueries, VectorScorer, evaluate, load_queries
 from twotower.files import DataError, atomic_path
-from twotower.frequency import StreamingFrequencyEstimator, log_q_from_counts
+from twotower.frequency import LOGQ_MODES, LogQ, log_q_sources
 from twotower.index import ItemIndex
 from twotower.inputs import TrainingRows, item_features, load_training
 from twotower.towers import TowerConfig, TwoTower, pad_histories
@@ -149,7 +149,7 @@ class TrainConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.softmax not in ("auto", "full", "sampled"):
             raise ValueError(f"softmax must be auto, full or sampled, got {self.softmax!r}")
-        if self.logq not in ("none", "counts", "streaming"):
+        if self.logq not in LOGQ_MODES:
             raise ValueError(f"logq must be none, counts or streaming, got {self.logq!r}")
         if self.mixed_negatives < 0:
             raise ValueError(f"mixed_negatives must be ≥ 0, got {self.mixed_negatives}")
@@ -209,14 +209,10 @@ def fit(
                            requires_grad=cfg.learn_temperature)
     params = [*model.parameters()] + ([log_tau] if cfg.learn_temperature else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    estimator = None
-    counts_log_q = None
-    if cfg.logq == "streaming":
-        estimator = StreamingFrequencyEstimator(max(1, rows.num_items),
-                                                cfg.streaming_alpha).to(device)
-    elif cfg.logq == "counts":
-        counts_log_q = torch.as_tensor(log_q_from_counts(rows.item_counts, batch),
-                                       dtype=torch.float32, device=device)
+    batch_q, mixed_q = log_q_sources(cfg.logq, item_counts=rows.item_counts, batch_size=batch,
+                                     alpha=cfg.streaming_alpha,
+                                     mixed_draws=cfg.mixed_negatives * world)
+    batch_q, mixed_q = batch_q.to(device), mixed_q.to(device)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -231,7 +227,7 @@ def fit(
                    bad_epochs=0, epoch=0, step=0)
     checkpoint = Path(cfg.checkpoint_dir) / CHECKPOINT if cfg.checkpoint_dir else None
     if checkpoint is not None and checkpoint.is_file():
-        state = _resume(checkpoint, cfg, model, optimizer, log_tau, estimator)
+        state = _resume(checkpoint, cfg, model, optimizer, log_tau, batch_q)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                               enabled=cfg.bf16 and device.type == "cuda")
@@ -253,7 +249,7 @@ def fit(
                 history = rows.histories(picked, cfg.max_history)
                 with autocast:
                     per_row = _loss(net, model, rows, picked, history, extra, cfg, device,
-                                    log_tau, counts_log_q, estimator, state.step,
+                                    log_tau, batch_q, mixed_q, state.step,
                                     warm_items if full else None)
                 loss = per_row.mean() if not weighted else _weighted_mean(
                     per_row, torch.as_tensor(rows.weight[picked], device=device))
@@ -292,14 +288,13 @@ def fit(
         state.history.append(record)
         state.epoch = epoch
         if checkpoint is not None and me == 0:
-            _save(checkpoint, cfg, model, optimizer, log_tau, estimator, state)
+            _save(checkpoint, cfg, model, optimizer, log_tau, batch_q, state)
     if state.best_weights is not None:
         model.load_state_dict(state.best_weights)
     model.eval()
-    final_log_q = counts_log_q if estimator is None else estimator.log_q(
-        torch.arange(rows.num_items, device=device))
     return FitResult(model=model, history=state.history, best_epoch=state.best_epoch,
-                     checkpoint=checkpoint, log_q=final_log_q)
+                     checkpoint=checkpoint,
+                     log_q=batch_q.log_q(torch.arange(rows.num_items, device=device)))
 
 
 def user_vectors_for(model: TwoTower, max_history: int) -> Callable[[EvalQueries], np.ndarray]:
@@ -379,8 +374,7 @@ def _weighted_mean(losses: Tensor, weights: Tensor) -> Tensor:
 def _loss(
     net: nn.Module, model: TwoTower, rows: TrainingRows, picked: np.ndarray,
     history: np.ndarray, extra: np.ndarray | None, cfg: TrainConfig, device: torch.device,
-    log_tau: Tensor, counts_log_q: Tensor | None,
-    estimator: StreamingFrequencyEstimator | None, step: int, warm_items: Tensor | None,
+    log_tau: Tensor, batch_q: LogQ, mixed_q: LogQ, step: int, warm_items: Tensor | None,
 ) -> Tensor:
     """Per-row losses (b,) of one local batch: users (b, d) against the whole warm catalog
     (full softmax) or the gathered positives and extras (info_nce)."""
@@ -402,19 +396,9 @@ def _loss(
         "history": torch.as_tensor(history, device=device),
         "item_index": candidates,
     })
-    log_q = None
-    if counts_log_q is not None:
-        log_q = counts_log_q[items]
-    elif estimator is not None:
-        estimator.update(gather_with_grad(items), step)  # every rank sees the global batch
-        log_q = estimator.log_q(items)
-    extra_log_q = None
-    if extra is not None and cfg.logq != "none":
-        # M·W uniform draws over I items (with replacement): P(item among them).
-        draws = cfg.mixed_negatives * world_size()
-        extra_log_q = torch.full((len(extra),), math.log(-math.expm1(
-            draws * math.log1p(-1.0 / rows.num_items))) if rows.num_items > 1 else 0.0,
-            device=device)
+    batch_q.update(gather_with_grad(items), step)  # every rank sees the global batch
+    log_q = batch_q.log_q(items)
+    extra_log_q = None if extra is None else mixed_q.log_q(candidates[len(items):])
     hits = cfg.mask_accidental_hits
     return _with_content(cfg, item_vectors, content, lambda vectors: info_nce(
         users.float(), vectors[:len(items)].float(), temperature=log_tau.exp(),
@@ -489,11 +473,11 @@ class _State:
 
 
 def _save(path: Path, cfg: TrainConfig, model: TwoTower, optimizer: torch.optim.Optimizer,
-          log_tau: Tensor, estimator: StreamingFrequencyEstimator | None, state: _State) -> None:
+          log_tau: Tensor, batch_q: LogQ, state: _State) -> None:
     payload = {
         "config": dataclasses.asdict(cfg), "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "log_tau": log_tau.detach(),
-        "estimator": None if estimator is None else estimator.state_dict(),
+        "estimator": batch_q.state_dict() or None,  # None: a source that learns nothing
         "state": dataclasses.asdict(state),
     }
     with atomic_path(path) as tmp:
@@ -501,7 +485,7 @@ def _save(path: Path, cfg: TrainConfig, model: TwoTower, optimizer: torch.optim.
 
 
 def _resume(path: Path, cfg: TrainConfig, model: TwoTower, optimizer: torch.optim.Optimizer,
-            log_tau: Tensor, estimator: StreamingFrequencyEstimator | None) -> _State:
+            log_tau: Tensor, batch_q: LogQ) -> _State:
     payload = torch.load(path, map_location=log_tau.device, weights_only=False)
     saved, now = _flat(payload["config"]), _flat(dataclasses.asdict(cfg))
     changed = sorted(k for k in saved.keys() | now.keys()
@@ -515,8 +499,8 @@ def _resume(path: Path, cfg: TrainConfig, model: TwoTower, optimizer: torch.opti
     optimizer.load_state_dict(payload["optimizer"])
     with torch.no_grad():
         log_tau.copy_(payload["log_tau"])
-    if estimator is not None:
-        estimator.load_state_dict(payload["estimator"])
+    if payload["estimator"] is not None:
+        batch_q.load_state_dict(payload["estimator"])
     return _State(**payload["state"])
 
 
