@@ -8,7 +8,7 @@ Both turn the same synthetic interaction log into a temporal split with 5-core f
              interactions, the cap the figures were measured with), which pandas does not.
     pandas   the steps as a pandas user writes them (written here): read_parquet, ids cast to
              str, drop_duplicates, a groupby-size k-core loop, factorize(sort=True)
-             vocabularies, the same temporal cut ranks, item counts and log_q, to_parquet.
+             vocabularies, the same temporal cut ranks, item counts, to_parquet.
 
 The log (generated once, streamed in chunks, reused on later runs) lives under
 `.data/bench_prepare/rows-N/`: N rows of string user ids ("u00012345", activity skewed),
@@ -156,7 +156,6 @@ def run_pandas(source: Path, out: Path) -> dict:
         "item_id": item_ids,
         "item_index": np.arange(len(item_ids), dtype="int32"),
         "count": item_count.to_numpy(),
-        "log_q": np.log(np.maximum(item_count.to_numpy(), 1e-12) / len(parts["train"])),
         "first_seen": first_seen.to_numpy(),
         "cold": item_count.to_numpy() == 0,
     })

@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 import pytest
 
 import twotower.data as data_module
-from twotower.contrastive import LOG_Q_FLOOR
 from twotower.data import PROTOCOLS, PrepareConfig, prepare
 from twotower.evaluate import load_queries
 from twotower.files import DataError, source_stamp
@@ -211,10 +210,8 @@ def assert_matches_naive_twin(log: pl.DataFrame, config: PrepareConfig, tmp_path
                                                  for u in range(len(want["user_ids"]))]
     counts = [want["count"][i] for i in range(len(want["item_ids"]))]
     assert out["items"]["count"].to_list() == counts
-    total = sum(counts)
-    log_q = [math.log(c / total) if c else LOG_Q_FLOOR for c in counts]
-    assert out["items"]["log_q"].to_list() == pytest.approx(log_q, rel=1e-12)
     assert out["items"]["cold"].to_list() == [c == 0 for c in counts]
+    assert out["items"].columns == ["item_id", "item_index", "count", "first_seen", "cold"]
     return folder
 
 
@@ -314,6 +311,26 @@ def test_a_folder_without_timestamps_feeds_the_evaluator_and_the_trainer(tmp_pat
     assert result.best_epoch == 1 and math.isfinite(result.history[0]["loss"])
 
 
+def test_a_folder_with_the_old_log_q_column_reads_and_trains_the_same(tmp_path):
+    # Folders prepared before the column was dropped hold log_q = log(count / training rows)
+    # in items.parquet; every reader selects its columns, so they ignore it.
+    random_log(seed=17, rows=900).write_parquet(tmp_path / "log.parquet")
+    new = prepare(tmp_path / "log.parquet", tmp_path / "new", PrepareConfig(**SMALL))
+    old = prepare(tmp_path / "log.parquet", tmp_path / "old", PrepareConfig(**SMALL))
+    items = pl.read_parquet(old / "items.parquet")
+    log_q = (items["count"] / items["count"].sum()).log().clip(lower_bound=math.log(1e-12))
+    items.insert_column(3, log_q.alias("log_q")).write_parquet(old / "items.parquet")
+    assert "log_q" in pl.read_parquet(old / "items.parquet").columns
+    old_queries, new_queries = load_queries(old, "test"), load_queries(new, "test")
+    assert np.array_equal(old_queries.item_ids, new_queries.item_ids)
+    assert [r.tolist() for r in old_queries.relevant] == [r.tolist() for r in new_queries.relevant]
+    assert np.array_equal(load_training(old).item_counts, load_training(new).item_counts)
+    tower = TowerConfig(dim=8, hidden_dim=16, id_dim=8, image_dim=4, attribute_dim=4)
+    cfg = TrainConfig(epochs=1, batch_size=64, val_k=5, max_history=5, tower=tower,
+                      softmax="sampled")
+    assert fit(old, cfg, progress=False).history == fit(new, cfg, progress=False).history
+
+
 def test_kcore_is_a_fixed_point(tmp_path):
     random_log(seed=0, rows=300).write_parquet(tmp_path / "log.parquet")
     config = PrepareConfig(protocol="leave_last_out", min_user_interactions=5,
@@ -373,7 +390,7 @@ def test_temporal_split_respects_the_cut_and_marks_cold_items(tmp_path):
     cold_by_time = items.filter(pl.col("first_seen") >= valid.min())["item_index"].to_list()
     assert items.filter("cold")["item_index"].to_list() == cold_by_time
     assert {"98", "99"} <= set(items.filter("cold")["item_id"].to_list())
-    assert items.filter("cold")["log_q"].to_list() == [LOG_Q_FLOOR] * len(cold_by_time)
+    assert items.filter("cold")["count"].to_list() == [0] * len(cold_by_time)
     assert info["cold_items"] == len(cold_by_time)
 
 

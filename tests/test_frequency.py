@@ -172,7 +172,7 @@ def test_log_q_analytic_cases():
     assert log_q_from_counts([0, 5], 2).tolist() == [LOG_Q_FLOOR, 0.0]
     # B = N: every batch is the whole split.
     assert log_q_from_counts([1, 2, 3], 6).tolist() == [0.0, 0.0, 0.0]
-    # B = 1: q is the row share c/N, the per-row log_q of items.parquet.
+    # B = 1: q is the row share c/N.
     assert np.exp(log_q_from_counts([1, 3], 1)).tolist() == pytest.approx([0.25, 0.75])
     # N = 4, B = 2, c = 1: q = 1 − C(3, 2)/C(4, 2) = 1 − 3/6 = 1/2.
     assert log_q_from_counts([1, 3], 2)[0] == pytest.approx(math.log(0.5))

@@ -15,7 +15,7 @@
     vocabularies      contiguous user_index / item_index in sorted-id order (deterministic)
     split             temporal | leave_last_out | holdout_users (Liang et al. 2018; a held-out
                       user's fold-in is their earliest rows or a seeded random draw)
-    statistics        item counts and log_q from the training split only
+    statistics        item counts from the training split only
     histories         per user (training) and per evaluation target (valid / test)
 
 Ids are compared as strings: the vocabularies hold every id cast to a string and sorted, so int
@@ -40,7 +40,10 @@ Output folder:
                     `max_history` of them if set, or all the fold-in items for holdout_users,
                     with any interaction with the target item itself removed; the evaluator
                     masks it and the baselines read it)
-    items.parquet   item_id, item_index, count, log_q, first_seen, cold (no training row)
+    items.parquet   item_id, item_index, count, first_seen, cold (no training row); a folder
+                    from an older version also holds log_q = log(count / training rows), the
+                    row share, which nothing reads (the trainer's q is per batch:
+                    `twotower.frequency`)
     users.parquet   user_id, user_index, history (time-ordered training item_index list)
     manifest.json   schema version, protocol, resolved config, row counts per step, sources
                     and their `twotower.files.source_stamp` (names, sizes, mtimes)
@@ -65,7 +68,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from twotower.contrastive import LOG_Q_FLOOR
 from twotower.files import HIDDEN, DataError, atomic_path, source_stamp
 
 __all__ = ["FOLD_INS", "PROTOCOLS", "SCHEMA_VERSION", "PrepareConfig", "prepare",
@@ -1283,20 +1285,12 @@ def _first_seen(item: np.ndarray, time: np.ndarray, n_items: int) -> np.ndarray:
 def _item_table(
     ids: np.ndarray, counts: np.ndarray, first_seen: np.ndarray, *, timestamps: bool
 ) -> pa.Table:
-    """item_id, item_index, count, log_q = log(count / training rows), first_seen (null
-    without timestamps), cold.
-
-    log_q is the log probability that an item is the positive of a uniformly drawn training
-    row, the sampling correction of Yi et al. 2019; an item with no training row gets
-    `LOG_Q_FLOOR` and is cold.
-    """
-    with np.errstate(divide="ignore"):
-        log_q = np.maximum(np.log(counts / max(int(counts.sum()), 1)), LOG_Q_FLOOR)
+    """item_id, item_index, count (training rows), first_seen (null without timestamps), cold
+    (no training row)."""
     return pa.table({
         "item_id": pa.array(ids, type=pa.string()),
         "item_index": pa.array(np.arange(len(ids), dtype=np.int32)),
         "count": pa.array(counts.astype(np.int64)),
-        "log_q": pa.array(log_q),
         "first_seen": _timestamps(first_seen, known=timestamps),
         "cold": pa.array(counts == 0),
     })
