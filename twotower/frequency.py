@@ -395,7 +395,12 @@ class StreamingFrequencyEstimator(LogQ):
 
 
 class UniformLogQ(LogQ):
-    """q of the mixed negatives (Yang et al. 2020): P(item j is among D uniform draws).
+    """q of the mixed negatives: P(item j is among D uniform draws).
+
+    Yang, Yi, Cheng, Hong, Li, Wang, Xu, Chi. "Mixed Negative Sampling for Learning Two-tower
+    Neural Networks in Recommendations", WWW 2020 Companion: each step adds D items drawn
+    uniformly from the catalog to the in-batch negatives. `info_nce` corrects their logits by
+    −log q like those of the batch's items.
 
     D draws with replacement over I items miss j with probability (1 − 1/I)^D, so
     q = 1 − (1 − 1/I)^D for every item, computed as log(−expm1(D·log1p(−1/I))): accurate for
