@@ -112,6 +112,12 @@ class EvaluateRetrievalConfig:
     def out_dir(self) -> Path:
         return Path(self.run_dir) / STAGE
 
+    @property
+    def inputs(self) -> tuple[str | Path, ...]:
+        """The files and folders this stage reads: `pipelines.stages` redoes it when one changes."""
+        image_knn = (self.embeddings,) if "image_knn" in self.baselines else ()
+        return (self.prepared_dir, *self.models.values(), *self.user_vectors.values(), *image_knn)
+
 
 def _scorers(cfg: EvaluateRetrievalConfig, queries: EvalQueries, device: str) -> dict[str, Scorer]:
     scorers: dict[str, Scorer] = {

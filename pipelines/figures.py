@@ -81,6 +81,11 @@ class FiguresConfig:
     def prepared_dir(self) -> Path:
         return Path(self.prepared) if self.prepared is not None else Path(self.run_dir) / "prepare"
 
+    @property
+    def inputs(self) -> tuple[str | Path, ...]:
+        """The files and folders this stage reads: `pipelines.stages` redoes it when one changes."""
+        return self.catalog, self.embeddings, self.index, self.user_vectors, self.prepared_dir
+
 
 def _picture(ax, image: np.ndarray, *, frame: str | None = None) -> None:
     """One (C, H, W) uint8 image on an axis, without ticks, optionally framed in a colour."""

@@ -54,6 +54,11 @@ class MakeShopConfig:
     def out_dir(self) -> Path:
         return Path(self.run_dir) / STAGE
 
+    @property
+    def inputs(self) -> tuple[str | Path, ...]:
+        """The files and folders this stage reads: `pipelines.stages` redoes it when one changes."""
+        return (self.data_dir,) if self.data_dir is not None else ()
+
 
 def run(cfg: MakeShopConfig) -> dict[str, Any]:
     """Write the shop's files; return their paths and sizes."""

@@ -76,13 +76,17 @@ class TrainTwoTowerConfig:
     def out_dir(self) -> Path:
         return Path(self.run_dir) / STAGE / self.name
 
+    @property
+    def inputs(self) -> tuple[str | Path, ...]:
+        """The files and folders this stage reads: `pipelines.stages` redoes it when one changes."""
+        return tuple(p for p in (self.prepared_dir, self.embeddings, self.catalog) if p is not None)
+
 
 def run(cfg: TrainTwoTowerConfig) -> dict[str, Any]:
     """Train, export the vectors, and return the best epoch's metrics and the file paths."""
     with distributed_device(cfg.device) as device:
-        inputs = [p for p in (cfg.prepared_dir, cfg.embeddings, cfg.catalog) if p is not None]
         train_cfg = dataclasses.replace(cfg.train, device=device, checkpoint_dir=str(cfg.out_dir),
-                                        data=stamped(*inputs))
+                                        data=stamped(*cfg.inputs))
         cfg = dataclasses.replace(cfg, train=train_cfg)
         embeddings = read_vectors(cfg.embeddings) if cfg.embeddings else None
         catalog = read_catalog(cfg.catalog, cfg.attributes) if cfg.attributes else None
