@@ -35,9 +35,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.shop import test_window
-from pipelines.make_shop import MakeShopConfig, build_shop
 from pipelines.report import markdown
 from simclr_vision.evaluate import cross_knn_votes
+from simclr_vision.shop import build_shop
 from twotower.evaluate import EvalQueries, evaluate, load_queries
 from twotower.synthetic import ShopConfig
 from twotower.vectors import read_vectors
@@ -76,8 +76,8 @@ def bounds(run: Path) -> pd.DataFrame:
     """recall@50 overall, warm, cold and cold / warm of the three rankings and the run's image
     model."""
     saved = json.loads((run / "make_shop" / "done.json").read_text())["config"]
-    shop = build_shop(MakeShopConfig(images=saved["images"], data_dir=saved["data_dir"],
-                                     shop=ShopConfig(**saved["shop"])))
+    shop = build_shop(ShopConfig(**saved["shop"]), images=saved["images"],
+                      data_dir=saved["data_dir"])
     queries = load_queries(run / "prepare", "test")
     users = pd.Index(shop.user_ids).get_indexer(queries.user_id)
     columns = pd.Index(shop.catalog["item_id"]).get_indexer(queries.item_ids)

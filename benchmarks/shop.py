@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipelines.make_shop import MakeShopConfig, build_shop
 from simclr_vision.model import encode_images
 from simclr_vision.pretrain import PretrainConfig, pretrain
+from simclr_vision.shop import build_shop
 from twotower.data import PrepareConfig, prepare, prepared_files
 from twotower.synthetic import Shop, ShopConfig
 
@@ -33,7 +33,7 @@ def prepared_shop(root: Path, images: str, data_dir: str, shop: ShopConfig,
                   simclr_epochs: int, device: str, seed: int = 0) -> PreparedShop:
     """Draw the shop, prepare its log under `root` (k-core 3 users / 1 item, so products first
     sold after the cut stay in as cold ones) and pretrain the narrow ResNet on its images."""
-    made = build_shop(MakeShopConfig(images=images, data_dir=data_dir, shop=shop))
+    made = build_shop(shop, images=images, data_dir=data_dir)
     made.interactions.to_parquet(root / "log.parquet")
     folder = prepare(root / "log.parquet", root / "prepare", PrepareConfig(
         protocol="temporal", min_user_interactions=3, min_item_interactions=1))

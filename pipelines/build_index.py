@@ -57,6 +57,11 @@ class BuildIndexConfig:
     def out_dir(self) -> Path:
         return Path(self.run_dir) / STAGE / self.name
 
+    @property
+    def inputs(self) -> tuple[str | Path, ...]:
+        """The files and folders this stage reads: `pipelines.stages` redoes it when one changes."""
+        return (self.vectors,)
+
 
 def run(cfg: BuildIndexConfig) -> dict[str, Any]:
     """Build the index and save it; return its folder, kind, engine, size and build time."""

@@ -22,8 +22,10 @@ Stages, each in `<run_dir>/<stage>/` and each a nested MLflow run under one `dem
 It ends by printing the probe, the results table and the cold-start table (warm and cold
 recall with 95% bootstrap intervals over test users); `<run_dir>/evaluate_retrieval/` holds
 `report.md` and the recall@k and NDCG@k plots, `<run_dir>/figures/` the three galleries.
-Run it again and every finished stage is skipped; stop it and run it again and it resumes
-the stage it was in (`pipelines.stages`).
+Run it again and every finished stage is skipped; change a setting and the stages that read
+what it changes run again, the others not (a new `--pretrain.*` setting leaves the shop, the
+split and the id_only model alone); stop it and run it again and it resumes the stage it was in
+(`pipelines.stages`).
 """
 
 from __future__ import annotations

@@ -57,6 +57,11 @@ class EmbedCatalogConfig:
             return Path(self.checkpoint)
         return Path(self.run_dir) / "pretrain_vision" / "last.pt"
 
+    @property
+    def inputs(self) -> tuple[str | Path, ...]:
+        """The files and folders this stage reads: `pipelines.stages` redoes it when one changes."""
+        return self.catalog, self.checkpoint_path
+
 
 def run(cfg: EmbedCatalogConfig) -> dict[str, Any]:
     """Write the embeddings Parquet; return its path, row count, dimension and skipped images."""

@@ -27,9 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-import pandas as pd
-
 from pipelines.config import parse_config, resolve_device, save_config
 from pipelines.report import write_report
 from pipelines.tracking import stage_run
@@ -46,11 +43,9 @@ from twotower.evaluate import (
     image_knn,
     load_queries,
 )
-from twotower.files import DataError
-from twotower.index import ItemIndex
 from twotower.vectors import read_vectors
 
-__all__ = ["EvaluateRetrievalConfig", "main", "model_scorer", "run"]
+__all__ = ["EvaluateRetrievalConfig", "main", "run"]
 
 STAGE = "evaluate_retrieval"
 Baseline = Literal["popularity", "ease", "ials", "image_knn"]
@@ -117,39 +112,16 @@ class EvaluateRetrievalConfig:
     def out_dir(self) -> Path:
         return Path(self.run_dir) / STAGE
 
-
-def model_scorer(index_dir: str, user_vectors: str, *, device: str = "cpu") -> VectorScorer:
-    """A saved index searched with precomputed user vectors; exact search beside an ANN index.
-
-    The exact reference is a flat index over the vectors the approximate one was built from
-    (its metadata's `source`), when that file is still there.
-    """
-    index = ItemIndex.load(index_dir, device=device)
-    users = read_vectors(user_vectors, id_column="user_id")
-    if users.vectors.shape[1] != index.dim:
-        raise DataError(f"user vectors have dimension {users.vectors.shape[1]} but the index "
-                        f"{index_dir} has {index.dim}", path=user_vectors, column="embedding")
-    exact = None
-    if index.kind != "flat" and index.source and Path(index.source).is_file():
-        items = read_vectors(index.source)
-        exact = ItemIndex.build(items.vectors, items.ids, "flat", device=device,
-                                normalize=index.normalized)
-    row_of = pd.Index(users.ids)
-
-    def vectors_for(queries: EvalQueries) -> np.ndarray:
-        rows = row_of.get_indexer(queries.user_id)
-        if (rows < 0).any():
-            missing = queries.user_id[rows < 0]
-            raise DataError(f"no vector for {missing.size} user(s) of the split", path=user_vectors,
-                            column="user_id", value=str(missing[0]))
-        return users.vectors[rows]
-
-    return VectorScorer(index=index, user_vectors=vectors_for, exact=exact)
+    @property
+    def inputs(self) -> tuple[str | Path, ...]:
+        """The files and folders this stage reads: `pipelines.stages` redoes it when one changes."""
+        image_knn = (self.embeddings,) if "image_knn" in self.baselines else ()
+        return (self.prepared_dir, *self.models.values(), *self.user_vectors.values(), *image_knn)
 
 
 def _scorers(cfg: EvaluateRetrievalConfig, queries: EvalQueries, device: str) -> dict[str, Scorer]:
     scorers: dict[str, Scorer] = {
-        name: model_scorer(cfg.models[name], cfg.user_vectors[name], device=device)
+        name: VectorScorer.from_saved(cfg.models[name], cfg.user_vectors[name], device=device)
         for name in cfg.models}
     for name in cfg.baselines:
         if name == "popularity":

@@ -29,10 +29,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from pipelines.config import parse_config
-from pipelines.evaluate_retrieval import model_scorer
 from pipelines.tracking import stage_run
 from simclr_vision.data import load_catalog
-from twotower.evaluate import EvalQueries, load_queries
+from twotower.evaluate import EvalQueries, VectorScorer, load_queries
 from twotower.files import atomic_path
 from twotower.index import ItemIndex
 from twotower.vectors import read_vectors
@@ -81,6 +80,11 @@ class FiguresConfig:
     @property
     def prepared_dir(self) -> Path:
         return Path(self.prepared) if self.prepared is not None else Path(self.run_dir) / "prepare"
+
+    @property
+    def inputs(self) -> tuple[str | Path, ...]:
+        """The files and folders this stage reads: `pipelines.stages` redoes it when one changes."""
+        return self.catalog, self.embeddings, self.index, self.user_vectors, self.prepared_dir
 
 
 def _picture(ax, image: np.ndarray, *, frame: str | None = None) -> None:
@@ -217,7 +221,7 @@ def run(cfg: FiguresConfig) -> dict[str, Any]:
             images[has], ids[has], embeddings.vectors[row_of[has]],
             cfg.out_dir / "image_neighbours.png", queries=cfg.queries, k=cfg.k, seed=cfg.seed)}
         every = load_queries(cfg.prepared_dir, cfg.split)
-        scorer = model_scorer(cfg.index, cfg.user_vectors)
+        scorer = VectorScorer.from_saved(cfg.index, cfg.user_vectors)
         pick = np.sort(np.random.default_rng(cfg.seed).choice(
             len(every), size=min(cfg.users, len(every)), replace=False))
         queries = every.take(pick)

@@ -9,7 +9,7 @@ colour, release_time, popularity), `interactions.parquet` (user_id, item_id, tim
 `users.parquet` (the shoppers' true tastes) and `shop.json` (`twotower.synthetic.write_shop`).
 The products are Fashion-MNIST photos, whose class is then the category: the test split shipped
 in the package (`simclr_vision.data.load_sample`), or the training split of `--data-dir`; or
-procedural drawings (`--images procedural`).
+procedural drawings (`--images procedural`): `simclr_vision.shop.build_shop`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any, Literal
 
 from pipelines.config import parse_config
 from pipelines.tracking import stage_run
-from simclr_vision.data import load_idx, load_sample
-from twotower.synthetic import Shop, ShopConfig, make_shop, write_shop
+from simclr_vision.shop import build_shop
+from twotower.synthetic import ShopConfig, write_shop
 
-__all__ = ["MakeShopConfig", "build_shop", "main", "run"]
+__all__ = ["MakeShopConfig", "main", "run"]
 
 STAGE = "make_shop"
 
@@ -54,19 +54,15 @@ class MakeShopConfig:
     def out_dir(self) -> Path:
         return Path(self.run_dir) / STAGE
 
-
-def build_shop(cfg: MakeShopConfig) -> Shop:
-    """The shop in memory: Fashion-MNIST products (shipped sample or `data_dir`), or
-    procedural ones."""
-    if cfg.images == "procedural":
-        return make_shop(cfg.shop)
-    photos = load_idx(Path(cfg.data_dir), "train") if cfg.data_dir else load_sample()
-    return make_shop(cfg.shop, images=photos.images.numpy(), labels=photos.labels.numpy())
+    @property
+    def inputs(self) -> tuple[str | Path, ...]:
+        """The files and folders this stage reads: `pipelines.stages` redoes it when one changes."""
+        return (self.data_dir,) if self.data_dir is not None else ()
 
 
 def run(cfg: MakeShopConfig) -> dict[str, Any]:
     """Write the shop's files; return their paths and sizes."""
-    shop = build_shop(cfg)
+    shop = build_shop(cfg.shop, images=cfg.images, data_dir=cfg.data_dir)
     with stage_run(STAGE, cfg, cfg.run_dir) as tracker:
         paths = write_shop(shop, cfg.out_dir)
         sizes = {"num_items": len(shop.catalog), "num_users": len(shop.user_ids),

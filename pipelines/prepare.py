@@ -60,6 +60,11 @@ class PrepareStage:
         """The prepared folder this stage writes."""
         return Path(self.out_dir) if self.out_dir is not None else Path(self.run_dir) / "prepare"
 
+    @property
+    def inputs(self) -> tuple[str | Path, ...]:
+        """The files and folders this stage reads: `pipelines.stages` redoes it when one changes."""
+        return (self.source,)
+
 
 def run(cfg: PrepareStage) -> dict[str, Any]:
     """Prepare the log inside an MLflow run; return the summary (rows per step, sizes)."""

@@ -66,12 +66,17 @@ class PretrainVisionConfig:
     def out_dir(self) -> Path:
         return Path(self.run_dir) / STAGE
 
+    @property
+    def inputs(self) -> tuple[str | Path, ...]:
+        """The files and folders this stage reads: `pipelines.stages` redoes it when one changes."""
+        return (self.source,)
+
 
 def run(cfg: PretrainVisionConfig) -> dict[str, Any]:
     """Train, checkpoint every epoch, and return the last epoch's metrics and the checkpoint."""
     with distributed_device(cfg.device) as device:
         train_cfg = dataclasses.replace(cfg.pretrain, device=device,
-                                        checkpoint_dir=str(cfg.out_dir), data=stamped(cfg.source))
+                                        checkpoint_dir=str(cfg.out_dir), data=stamped(*cfg.inputs))
         cfg = dataclasses.replace(cfg, pretrain=train_cfg)
         load = partial(load_images, cfg.source, size=cfg.resize,
                        size_if_mixed=cfg.pretrain.image_size)

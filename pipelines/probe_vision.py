@@ -66,6 +66,11 @@ class ProbeVisionConfig:
     def out_dir(self) -> Path:
         return Path(self.run_dir) / STAGE
 
+    @property
+    def inputs(self) -> tuple[str | Path, ...]:
+        """The files and folders this stage reads: `pipelines.stages` redoes it when one changes."""
+        return self.catalog, self.embeddings
+
 
 def probe(cfg: ProbeVisionConfig) -> dict[str, float]:
     """{"h", "pixels", "random_encoder"} → kNN accuracy on the catalog's `label` column."""

@@ -1,32 +1,58 @@
-"""Running a pipeline's stages in order: skip the finished ones, resume an interrupted one.
+"""Running a pipeline's stages in order: skip the finished ones, resume an interrupted one, and
+redo the ones whose inputs changed.
 
-A stage that finishes writes `done.json` in its folder: the config it ran with and the summary
-it returned. On the next run a stage is skipped when its `done.json` records the same config
-and no stage before it ran again. A stage without `done.json` was interrupted (or never ran):
-it runs, and resumes from whatever checkpoint it left (SimCLR and two-tower training keep
-`last.pt`). A stage whose `done.json` records another config, or whose inputs were just
-remade, first has its folder cleared, so nothing stale is resumed or mixed in.
+Each stage's config names what the stage reads (`inputs`: its sources and earlier stages'
+outputs). A stage that finishes writes `done.json` in its folder: the config it ran with, the
+stamp of each input when it started (`twotower.files.source_stamp`: names, sizes and
+modification times) and the summary it returned. On the next run a stage is skipped when its
+`done.json` records the same config and the same stamps, whatever else ran: a new SimCLR
+setting redoes the stages that read what the image encoder wrote, not the shop, the split or the
+id-only model. A stage without `done.json` was interrupted (or never ran): it runs, and resumes
+from whatever checkpoint it left (SimCLR and two-tower training keep `last.pt`, which records
+its own inputs' stamps and resumes on nothing else). A stage whose `done.json` records another
+config or other stamps (or none: written before stamps were) first has its folder cleared, so
+nothing stale is resumed or mixed in.
+
+Stamps, not contents: a stage that runs again rewrites its outputs, and their readers run again
+even when the bytes come out the same. Comparing contents would mean hashing every checkpoint,
+embedding file and prepared split on every run, and an upstream stage's summary is no content
+identity (make_shop's holds paths and sizes, which another shop seed keeps). A rerun too many
+costs minutes; a skip too many would report results of inputs that are gone. An input edited by
+hand changes its stamp too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from twotower.files import atomic_path
+from twotower.files import atomic_path, source_stamp
 
-__all__ = ["DONE", "Stages"]
+__all__ = ["DONE", "StageConfig", "Stages"]
 
 DONE = "done.json"
 
 
-def _record(config: Any) -> Any:
-    """The config as plain JSON values, the form `done.json` stores and compares."""
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+class StageConfig(Protocol):
+    """A stage's config dataclass, which names the files and folders its stage reads."""
+
+    @property
+    def inputs(self) -> tuple[str | os.PathLike[str], ...]: ...
+
+
+Config = TypeVar("Config", bound=StageConfig)
+
+
+def _record(config: StageConfig) -> dict[str, Any]:
+    """What `done.json` stores and compares: the config as plain JSON values, and the stamp of
+    each input now."""
+    return {"config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+            "inputs": {os.fspath(path): source_stamp(path) for path in config.inputs}}
 
 
 class Stages:
@@ -36,26 +62,26 @@ class Stages:
         self.ran: list[str] = []
         self.skipped: list[str] = []
 
-    def __call__(self, label: str, folder: str | Path, config: Any,
-                 run: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
-        """`run(config)` unless `folder/done.json` records this config and nothing upstream
-        ran again; returns the stage's summary (the recorded one when skipped)."""
+    def __call__(self, label: str, folder: str | Path, config: Config,
+                 run: Callable[[Config], dict[str, Any]]) -> dict[str, Any]:
+        """`run(config)` unless `folder/done.json` records this config and these input stamps;
+        returns the stage's summary (the recorded one when skipped)."""
         folder = Path(folder)
         done = folder / DONE
-        wanted = _record(config)
+        wanted = _record(config)  # before the run: the inputs as the stage found them
         if done.is_file():
             try:
                 saved = json.loads(done.read_text())
             except json.JSONDecodeError:  # edited by hand: no record we can trust
                 saved = {}
-            if not self.ran and saved.get("config") == wanted:
+            if all(saved.get(key) == value for key, value in wanted.items()):
                 self.skipped.append(label)
                 return saved["summary"]
             shutil.rmtree(folder)
         summary = run(config)
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(done) as tmp:
-            tmp.write_text(json.dumps({"config": wanted, "summary": summary}, indent=2,
+            tmp.write_text(json.dumps({**wanted, "summary": summary}, indent=2,
                                       default=str) + "\n")
         self.ran.append(label)
         return summary

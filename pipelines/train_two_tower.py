@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import pyarrow.parquet as pq
 import torch
 
 from pipelines.config import check_folder_name, parse_config, save_config
 from pipelines.runtime import distributed_device, is_main
 from pipelines.tracking import stage_run
-from twotower.files import DataError, atomic_path, stamped
+from twotower.files import atomic_path, stamped
+from twotower.inputs import read_catalog
 from twotower.train import TrainConfig, export_vectors, fit
 from twotower.vectors import read_vectors
 
@@ -77,16 +76,20 @@ class TrainTwoTowerConfig:
     def out_dir(self) -> Path:
         return Path(self.run_dir) / STAGE / self.name
 
+    @property
+    def inputs(self) -> tuple[str | Path, ...]:
+        """The files and folders this stage reads: `pipelines.stages` redoes it when one changes."""
+        return tuple(p for p in (self.prepared_dir, self.embeddings, self.catalog) if p is not None)
+
 
 def run(cfg: TrainTwoTowerConfig) -> dict[str, Any]:
     """Train, export the vectors, and return the best epoch's metrics and the file paths."""
     with distributed_device(cfg.device) as device:
-        inputs = [p for p in (cfg.prepared_dir, cfg.embeddings, cfg.catalog) if p is not None]
         train_cfg = dataclasses.replace(cfg.train, device=device, checkpoint_dir=str(cfg.out_dir),
-                                        data=stamped(*inputs))
+                                        data=stamped(*cfg.inputs))
         cfg = dataclasses.replace(cfg, train=train_cfg)
         embeddings = read_vectors(cfg.embeddings) if cfg.embeddings else None
-        catalog = _catalog(cfg.catalog, cfg.attributes) if cfg.attributes else None
+        catalog = read_catalog(cfg.catalog, cfg.attributes) if cfg.attributes else None
         tracking = stage_run(STAGE, cfg, cfg.run_dir) if is_main() else contextlib.nullcontext()
         with tracking as tracker:
             result = fit(cfg.prepared_dir, cfg.train, embeddings=embeddings, catalog=catalog,
@@ -116,18 +119,6 @@ def run(cfg: TrainTwoTowerConfig) -> dict[str, Any]:
                     "epochs": len(result.history), **best,
                     "vectors": {k: str(v) for k, v in paths.items()},
                     "run_id": tracker.run_id}
-
-
-def _catalog(path: str, attributes: tuple[str, ...]) -> pd.DataFrame:
-    """item_id and the attribute columns of the catalog, or a DataError naming what lacks."""
-    if not Path(path).is_file():
-        raise DataError("no catalog file here", path=path)
-    names = pq.read_schema(path).names
-    missing = [c for c in ("item_id", *attributes) if c not in names]
-    if missing:
-        raise DataError(f"missing column(s) {missing}; the catalog has {names}", path=path,
-                        column=missing[0])
-    return pd.read_parquet(path, columns=["item_id", *attributes])
 
 
 def main(argv: list[str] | None = None) -> None:

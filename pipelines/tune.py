@@ -75,8 +75,9 @@ from sqlalchemy.engine import make_url
 
 from pipelines.config import _parser_for, _unwrap_optional, parse_config, resolve_device
 from pipelines.tracking import stage_run
-from pipelines.train_two_tower import TrainTwoTowerConfig, _catalog
+from pipelines.train_two_tower import TrainTwoTowerConfig
 from twotower.files import DataError, atomic_path
+from twotower.inputs import read_catalog
 from twotower.train import TrainConfig, fit
 from twotower.vectors import read_vectors
 
@@ -284,7 +285,7 @@ def run(cfg: TuneConfig, *, pruner: optuna.pruners.BasePruner | None = None) -> 
     base = dataclasses.replace(cfg.base, device=device, train=dataclasses.replace(
         cfg.base.train, device=device, checkpoint_dir=None))
     embeddings = read_vectors(base.embeddings) if base.embeddings else None
-    catalog = _catalog(base.catalog, base.attributes) if base.attributes else None
+    catalog = read_catalog(base.catalog, base.attributes) if base.attributes else None
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     study = _study(cfg, pruner)
     start = _base_params(base.train, space)

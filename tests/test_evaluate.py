@@ -22,9 +22,10 @@ from twotower.evaluate import (
     item_slices,
     load_queries,
 )
+from twotower.files import DataError
 from twotower.index import ItemIndex
 from twotower.metrics import bootstrap_interval, per_query_metrics, ranking_metrics
-from twotower.vectors import Vectors
+from twotower.vectors import Vectors, read_vectors, write_vectors
 
 RATINGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / \
     "ratings.csv"
@@ -378,6 +379,46 @@ def test_ann_recall_against_exact_search_is_reported_for_an_approximate_index():
     interval = table.query("metric == 'ann_recall' and k == 20")[["low", "high"]]
     assert tuple(interval.iloc[0]) == pytest.approx(bootstrap_interval(overlap))
     assert 0.0 < ann[20] < 1.0  # nprobe=2 of 40 lists misses some, but not all
+
+
+def test_a_saved_model_is_searched_with_its_user_vectors_and_exact_beside_an_ann_index(
+        tmp_path):
+    rng = np.random.default_rng(7)
+    queries = _random_queries(rng, n_users=50, n_items=400)
+    items = write_vectors(queries.item_ids, rng.standard_normal((400, 8)),
+                          tmp_path / "items.parquet", {})
+    users = rng.standard_normal((len(queries), 8)).astype(np.float32)
+    write_vectors(queries.user_id[::-1], users[::-1], tmp_path / "users.parquet", {},
+                  id_column="user_id")  # another row order than the queries'
+    vectors = read_vectors(items)
+    for kind in ("flat", "ivf"):
+        ItemIndex.build(vectors.vectors, vectors.ids, kind, device="cpu", source=str(items),
+                        **({"nlist": 8, "nprobe": 1} if kind == "ivf" else {})
+                        ).save(tmp_path / kind)
+    flat = VectorScorer.from_saved(tmp_path / "flat", tmp_path / "users.parquet")
+    np.testing.assert_array_equal(flat.user_vectors(queries), users)
+    assert flat.exact is None
+    ivf = VectorScorer.from_saved(tmp_path / "ivf", tmp_path / "users.parquet")
+    assert ivf.index.kind == "ivf" and ivf.exact is not None
+    np.testing.assert_array_equal(ivf.rank_exact(queries, 10), flat.rank(queries, 10))
+
+
+def test_a_saved_model_names_a_missing_user_and_a_dimension_it_cannot_search(tmp_path):
+    rng = np.random.default_rng(8)
+    queries = _random_queries(rng, n_items=60)
+    ItemIndex.build(rng.standard_normal((60, 8)), queries.item_ids, device="cpu").save(
+        tmp_path / "index")
+    write_vectors(queries.user_id[1:], rng.standard_normal((len(queries) - 1, 8)),
+                  tmp_path / "few.parquet", {}, id_column="user_id")
+    scorer = VectorScorer.from_saved(tmp_path / "index", tmp_path / "few.parquet")
+    absent = queries.user_id[0]
+    with pytest.raises(DataError, match=rf"few\.parquet, column 'user_id': no vector for 1 "
+                                        rf"user\(s\) of the split \(e\.g\. '{absent}'\)"):
+        scorer.rank(queries, 5)
+    write_vectors(queries.user_id, rng.standard_normal((len(queries), 4)),
+                  tmp_path / "narrow.parquet", {}, id_column="user_id")
+    with pytest.raises(DataError, match=r"user vectors have dimension 4 but the index .* has 8"):
+        VectorScorer.from_saved(tmp_path / "index", tmp_path / "narrow.parquet")
 
 
 @pytest.mark.skipif(not RATINGS.is_file(), reason=f"MovieLens ratings {RATINGS} is absent")

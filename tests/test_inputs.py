@@ -9,7 +9,7 @@ import pytest
 
 from twotower.data import PrepareConfig, prepare
 from twotower.files import DataError
-from twotower.inputs import item_features, load_training
+from twotower.inputs import item_features, load_training, read_catalog
 from twotower.towers import PAD
 from twotower.vectors import Vectors
 
@@ -92,3 +92,15 @@ def test_new_products_come_after_the_prepared_items_as_cold_rows(prepared):
     assert features.attributes["colour"][len(ids):].tolist() == [0, 0, 2]  # red: code 2
     plain = item_features(prepared, embeddings=Vectors(given, vectors))
     assert plain.ids.tolist() == ids
+
+
+def test_a_catalog_is_read_for_its_ids_and_attributes_only_and_its_gaps_are_named(tmp_path):
+    path = tmp_path / "catalog.parquet"
+    pd.DataFrame({"item_id": ["a", "b"], "category": [1, 2], "image": [b"png", b"png"]}
+                 ).to_parquet(path)
+    read = read_catalog(path, ("category",))
+    assert list(read.columns) == ["item_id", "category"] and list(read["item_id"]) == ["a", "b"]
+    with pytest.raises(DataError, match=r"catalog\.parquet, column 'brand': missing column"):
+        read_catalog(path, ("category", "brand"))
+    with pytest.raises(DataError, match=r"nowhere\.parquet.*no catalog file here"):
+        read_catalog(tmp_path / "nowhere.parquet", ("category",))

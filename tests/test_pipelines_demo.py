@@ -1,4 +1,5 @@
-"""The end-to-end demo at a tiny size: results, skipping, resuming, and the MLflow record.
+"""The end-to-end demo at a tiny size: results, skipping, redoing what a change reaches,
+resuming, and the MLflow record.
 
 Its products are the Fashion-MNIST photos shipped in the package, so it needs nothing beside
 the checkout (no ../shared)."""
@@ -79,6 +80,18 @@ def test_running_it_again_skips_every_stage(finished, capsys):
     assert again["ran"] == [] and again["skipped"] == STAGES
     pd.testing.assert_frame_equal(again["results"], out["results"])
     assert "skipped (already done): make_shop" in capsys.readouterr().out
+
+
+def test_a_new_simclr_setting_redoes_only_the_stages_that_read_the_image_encoder(tmp_path):
+    first = demo.main(["--run-dir", str(tmp_path), *TINY])
+    again = demo.main(["--run-dir", str(tmp_path), *TINY, "--pretrain.temperature", "0.2"])
+    assert again["ran"] == ["pretrain_vision", "embed_catalog", "probe_vision",
+                            "train_two_tower/image", "build_index/image", "evaluate_retrieval",
+                            "figures"]
+    assert again["skipped"] == ["make_shop", "prepare", "train_two_tower/id_only",
+                                "build_index/id_only"]
+    kept = ["id_only", "popularity", "ease", "ials"]  # read nothing SimCLR wrote: as before
+    pd.testing.assert_frame_equal(again["results"].loc[kept], first["results"].loc[kept])
 
 
 def test_mlflow_holds_the_parent_and_one_child_per_stage(finished):

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.make_shop import MakeShopConfig, build_shop, run
+from pipelines.make_shop import MakeShopConfig, run
 from simclr_vision.data import find_fashion_mnist, load_idx, load_sample
+from simclr_vision.shop import build_shop
 from twotower.files import DataError
 from twotower.synthetic import ShopConfig
 
@@ -37,7 +38,7 @@ def _are_photos_of(shop, photos) -> None:
 
 
 def test_the_default_products_are_the_shipped_fashion_mnist_photos():
-    shop = build_shop(MakeShopConfig(shop=SMALL))
+    shop = build_shop(SMALL)
     _are_photos_of(shop, load_sample())
     assert shop.catalog["category"].nunique() > 5
 
@@ -45,10 +46,10 @@ def test_the_default_products_are_the_shipped_fashion_mnist_photos():
 @pytest.mark.skipif(FASHION_MNIST is None, reason="Fashion-MNIST is absent from "
                     "../shared/data/fashion-mnist and /usr/share/datasets/fashion-mnist")
 def test_a_data_dir_gives_products_from_its_training_images():
-    shop = build_shop(MakeShopConfig(data_dir=str(FASHION_MNIST), shop=SMALL))
+    shop = build_shop(SMALL, data_dir=FASHION_MNIST)
     _are_photos_of(shop, load_idx(FASHION_MNIST, "train"))
 
 
 def test_a_missing_fashion_mnist_folder_is_named(tmp_path):
     with pytest.raises((DataError, FileNotFoundError), match="nowhere"):
-        build_shop(MakeShopConfig(data_dir=str(tmp_path / "nowhere"), shop=SMALL))
+        build_shop(SMALL, data_dir=tmp_path / "nowhere")

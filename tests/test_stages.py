@@ -1,18 +1,42 @@
-"""`pipelines.stages.Stages`: skip what is done, clear what is stale, resume what was cut."""
+"""`pipelines.stages.Stages`: skip what is done, clear what is stale, resume what was cut, and
+redo a stage when what it reads changed."""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from pipelines.stages import DONE, Stages
+from twotower.files import source_stamp
 
 
 @dataclass
 class Config:
     size: int = 1
+    inputs = ()  # not a field: a stage that reads nothing
+
+
+@dataclass
+class Reads:
+    """A stage that reads a file."""
+
+    path: str
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.path,)
+
+
+def reader(calls):
+    """A stage that records what it read."""
+    def run(config):
+        calls.append(Path(config.path).read_text())
+        return {"read": calls[-1]}
+    return run
 
 
 def writer(folder, calls):
@@ -46,15 +70,39 @@ def test_another_config_clears_the_folder_and_runs_again(tmp_path):
     assert not (tmp_path / "a" / "stale.pt").exists()
 
 
-def test_stages_after_one_that_ran_run_too(tmp_path):
-    calls_a, calls_b = [], []
-    first = Stages()
-    first("a", tmp_path / "a", Config(1), writer(tmp_path / "a", calls_a))
-    first("b", tmp_path / "b", Config(1), writer(tmp_path / "b", calls_b))
-    second = Stages()
-    second("a", tmp_path / "a", Config(2), writer(tmp_path / "a", calls_a))
-    second("b", tmp_path / "b", Config(1), writer(tmp_path / "b", calls_b))
-    assert calls_b == [1, 1] and second.ran == ["a", "b"]
+def test_a_stage_runs_again_when_an_earlier_one_rewrote_what_it_reads_and_only_then(tmp_path):
+    (tmp_path / "source.txt").write_text("log")
+    calls_a, calls_b, calls_c = [], [], []
+
+    def pipeline(size):
+        stages = Stages()
+        out = stages("a", tmp_path / "a", Config(size), writer(tmp_path / "a", calls_a))["out"]
+        stages("b", tmp_path / "b", Reads(out), reader(calls_b))
+        stages("c", tmp_path / "c", Reads(str(tmp_path / "source.txt")), reader(calls_c))
+        return stages
+
+    pipeline(1)
+    second = pipeline(2)
+    assert second.ran == ["a", "b"] and second.skipped == ["c"]
+    assert calls_b == ["1", "2"] and calls_c == ["log"]
+    third = pipeline(2)
+    assert third.ran == [] and third.skipped == ["a", "b", "c"]
+
+
+def test_an_input_rewritten_by_hand_even_to_the_same_bytes_reruns_its_reader(tmp_path):
+    source = tmp_path / "source.txt"
+    source.write_text("log")
+    calls = []
+    Stages()("b", tmp_path / "b", Reads(str(source)), reader(calls))
+    record = json.loads((tmp_path / "b" / DONE).read_text())
+    assert record["inputs"] == {str(source): source_stamp(source)}
+    assert record["config"] == {"path": str(source)} and record["summary"] == {"read": "log"}
+    stat = source.stat()
+    source.write_text("log")  # the same bytes, written again a second later
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    again = Stages()
+    again("b", tmp_path / "b", Reads(str(source)), reader(calls))
+    assert again.ran == ["b"] and calls == ["log", "log"]
 
 
 def test_an_interrupted_stage_keeps_its_folder_and_runs_again(tmp_path):

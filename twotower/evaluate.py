@@ -19,9 +19,9 @@ every scorer, and optionally its paired difference from a reference scorer (`eva
 A scorer is anything with `rank(queries, k) -> (U, k) item ids`. Here: `PopularityScorer`
 (training counts), `EASEScorer` (Steck 2019), `IALSScorer` (implicit ALS, Hu et al. 2008, through
 the `implicit` library), and `VectorScorer` (user vectors searched in an `ItemIndex`), which also
-serves the image-kNN baseline (`image_knn`) and trained two-tower models. A `VectorScorer` given
-an exact index beside an approximate one also reports the ANN index's recall@k against exact
-search.
+serves the image-kNN baseline (`image_knn`) and trained two-tower models (`VectorScorer.from_saved`:
+an index folder and a user vectors Parquet). A `VectorScorer` given an exact index beside an
+approximate one also reports the ANN index's recall@k against exact search.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from twotower.data import prepared_files
 from twotower.files import DataError
 from twotower.index import ItemIndex
 from twotower.metrics import bootstrap_interval, coverage_at_k, per_query_metrics
-from twotower.vectors import Vectors
+from twotower.vectors import Vectors, read_vectors
 
 __all__ = [
     "KS",
@@ -380,6 +380,38 @@ class VectorScorer:
 
     def __post_init__(self) -> None:
         self.n_items = len(self.index)
+
+    @classmethod
+    def from_saved(cls, index_dir: str | os.PathLike[str], user_vectors: str | os.PathLike[str],
+                   *, device: str = "cpu") -> VectorScorer:
+        """A trained model as saved: its `ItemIndex` folder searched with its precomputed user
+        vectors (a Parquet keyed by `user_id`), and an exact index beside an approximate one.
+
+        The exact reference is a flat index over the vectors the approximate one was built from
+        (its metadata's `source`), when that file is still there. A user of the queries without
+        a vector, or vectors of another dimension than the index's, is a `DataError`.
+        """
+        index = ItemIndex.load(index_dir, device=device)
+        users = read_vectors(user_vectors, id_column="user_id")
+        if users.vectors.shape[1] != index.dim:
+            raise DataError(f"user vectors have dimension {users.vectors.shape[1]} but the index "
+                            f"{index_dir} has {index.dim}", path=user_vectors, column="embedding")
+        exact = None
+        if index.kind != "flat" and index.source and Path(index.source).is_file():
+            items = read_vectors(index.source)
+            exact = ItemIndex.build(items.vectors, items.ids, "flat", device=device,
+                                    normalize=index.normalized)
+        row_of = pd.Index(users.ids)
+
+        def vectors_for(queries: EvalQueries) -> np.ndarray:
+            rows = row_of.get_indexer(queries.user_id)
+            if (rows < 0).any():
+                missing = queries.user_id[rows < 0]
+                raise DataError(f"no vector for {missing.size} user(s) of the split",
+                                path=user_vectors, column="user_id", value=str(missing[0]))
+            return users.vectors[rows]
+
+        return cls(index=index, user_vectors=vectors_for, exact=exact)
 
     def rank(self, queries: EvalQueries, k: int) -> np.ndarray:
         return self._search(self.index, queries, k)

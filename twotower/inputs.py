@@ -6,7 +6,8 @@ row r = (user u, item i, position p) has history users.history[u][max(0, p − L
 most recent training items strictly before it (DESIGN.md, prepared folder).
 
 `item_features(prepared, embeddings=..., catalog=..., attributes=...)` lines up the frozen
-image embeddings and categorical catalog attributes with the prepared item_index order.
+image embeddings and categorical catalog attributes (`read_catalog`) with the prepared
+item_index order.
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import polars as pl
+import pyarrow.parquet as pq
 
 from twotower.data import prepared_files
 from twotower.files import DataError
 from twotower.towers import PAD, ItemFeatures
 from twotower.vectors import Vectors
 
-__all__ = ["TrainingRows", "item_features", "load_training"]
+__all__ = ["TrainingRows", "item_features", "load_training", "read_catalog"]
 
 
 @dataclass(frozen=True)
@@ -164,3 +167,16 @@ def item_features(
             codes[name] = np.where(known, coded, 0).astype(np.int64)
     return ItemFeatures(warm=warm, images=images, has_image=has_image, attributes=codes,
                         ids=np.asarray(ids, dtype=str))
+
+
+def read_catalog(path: str | os.PathLike[str], attributes: Sequence[str]) -> pd.DataFrame:
+    """item_id and the `attributes` columns of a catalog Parquet, the only columns read (a
+    catalog also holds every product's image); a DataError names a missing file or column."""
+    if not Path(path).is_file():
+        raise DataError("no catalog file here", path=path)
+    names = pq.read_schema(path).names
+    missing = [c for c in ("item_id", *attributes) if c not in names]
+    if missing:
+        raise DataError(f"missing column(s) {missing}; the catalog has {names}", path=path,
+                        column=missing[0])
+    return pd.read_parquet(path, columns=["item_id", *attributes])
