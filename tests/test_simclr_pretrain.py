@@ -161,8 +161,6 @@ def test_two_gloo_processes_train_one_model(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("compiled", [False, True])
 def test_cuda_pretrain_with_bf16_channels_last_and_compile(compiled):
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
     cfg = dataclasses.replace(TINY, device="cuda", compile=compiled)
     result = pretrain(IMAGES, cfg)
     first, second = (h["epoch_loss"] for h in result.history)
