@@ -380,6 +380,7 @@ def test_ann_recall_against_exact_search_is_reported_for_an_approximate_index():
     assert 0.0 < ann[20] < 1.0  # nprobe=2 of 40 lists misses some, but not all
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not RATINGS.is_file(), reason=f"MovieLens ratings {RATINGS} is absent")
 def test_movielens_temporal_ease_beats_popularity(tmp_path):
     cfg = PrepareConfig(columns={"userId": "user_id", "movieId": "item_id"})

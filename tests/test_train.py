@@ -245,6 +245,7 @@ def _ddp_worker(r: int, init_file: str, prepared: str, out_dir: str, cfg: TrainC
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_like_one_process_on_the_joined_batch(shop_dir, tmp_path):
     if not dist.is_available():
         pytest.skip("torch was built without torch.distributed")
