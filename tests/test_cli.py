@@ -135,6 +135,7 @@ def test_expected_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, says):
         cli.main([*argv, "--debug"])
 
 
+@pytest.mark.slow
 def test_module_entry_points_share_the_command_line(tmp_path):
     """`python -m pipelines.prepare` prints the same one line and status as `twotower`."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -168,6 +169,7 @@ def test_threads_sets_torch_threads(monkeypatch):
         faiss.omp_set_num_threads(faiss_threads)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("local_mlflow")
 def test_a_stage_runs_from_a_config_file(tmp_path, capsys):
     path = tmp_path / "shop.toml"
@@ -183,6 +185,7 @@ def test_a_stage_runs_from_a_config_file(tmp_path, capsys):
                         ).shop.num_items == 30
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("local_mlflow")
 def test_the_console_script_exits_zero_after_a_stage(tmp_path):
     """`twotower` is `sys.exit(main())`: a stage that succeeds (`prepare`, whose own main

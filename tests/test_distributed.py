@@ -78,6 +78,7 @@ def test_without_process_group_nothing_changes():
     assert gather_with_grad(x) is x
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_on_joined_batch(tmp_path):
     if not dist.is_available():
         pytest.skip("torch was built without torch.distributed")

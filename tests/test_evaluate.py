@@ -421,6 +421,7 @@ def test_a_saved_model_names_a_missing_user_and_a_dimension_it_cannot_search(tmp
         VectorScorer.from_saved(tmp_path / "index", tmp_path / "narrow.parquet")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not RATINGS.is_file(), reason=f"MovieLens ratings {RATINGS} is absent")
 def test_movielens_temporal_ease_beats_popularity(tmp_path):
     cfg = PrepareConfig(columns={"userId": "user_id", "movieId": "item_id"})

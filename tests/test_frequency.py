@@ -452,7 +452,6 @@ def test_update_rejects_bad_input(ids, step, message):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_state_gives_the_cpu_estimates():
     rates = torch.linspace(0.05, 0.5, 20, dtype=torch.float64)
     stream = bernoulli_stream(rates.expand(300, -1), seed=5)

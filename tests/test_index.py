@@ -405,7 +405,6 @@ def test_device_choice_on_a_machine_without_a_gpu(catalog):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_flat_on_cuda_equals_cpu_and_saves_as_a_cpu_index(catalog, tmp_path):
     vectors, ids, queries = catalog
     gpu = ItemIndex.build(vectors, ids, "flat", device="cuda")

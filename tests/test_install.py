@@ -30,6 +30,7 @@ assert (ids[:, 0] == np.arange(50)).all(), ids[:5]
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "program",
     [TORCH_WORK + FAISS_WORK + TORCH_WORK, FAISS_WORK + TORCH_WORK + FAISS_WORK],

@@ -101,6 +101,7 @@ def _assert_ran_cleanly(nb: nbformat.NotebookNode) -> None:
     assert "SMALL = True" in _stdout(nb)
 
 
+@pytest.mark.slow
 def test_contrastive_mechanics(executed):
     nb = executed("01_contrastive_mechanics.ipynb")
     _assert_ran_cleanly(nb)
@@ -116,6 +117,7 @@ def test_contrastive_mechanics(executed):
     assert _figures(nb) == 1  # the weights-against-τ plot
 
 
+@pytest.mark.slow
 def test_simclr_vision(executed):
     nb = executed("02_simclr_vision.ipynb")
     _assert_ran_cleanly(nb)
@@ -128,6 +130,7 @@ def test_simclr_vision(executed):
     assert _figures(nb) == 2  # the augmentation gallery and the loss curve
 
 
+@pytest.mark.slow
 def test_retrieval_stage_by_stage(executed):
     nb = executed("03_retrieval.ipynb")
     _assert_ran_cleanly(nb)

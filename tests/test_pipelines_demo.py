@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 from pipelines import demo
 from pipelines.tracking import StageRun, tracking_uri
 
-pytestmark = pytest.mark.usefixtures("local_mlflow")
+# The whole demo, twice over, with MLflow: minutes, so outside the quick run.
+pytestmark = [pytest.mark.usefixtures("local_mlflow"), pytest.mark.slow]
 
 TINY = ["--shop.num-items", "120", "--shop.num-users", "60", "--shop.num-interactions", "2500",
         "--shop.image-size", "8", "--pretrain.image-size", "8", "--pretrain.epochs", "1",

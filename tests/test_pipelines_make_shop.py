@@ -17,6 +17,7 @@ SMALL = ShopConfig(num_items=40, num_users=20, num_interactions=300, image_size=
 FASHION_MNIST = find_fashion_mnist()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("local_mlflow")
 def test_the_stage_writes_the_shop(tmp_path):
     summary = run(MakeShopConfig(run_dir=str(tmp_path), images="procedural", shop=SMALL))

@@ -49,6 +49,7 @@ def shop(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_build_index_saves_a_loadable_index_and_tracks_it(shop, tmp_path):
     cfg = BuildIndexConfig(vectors=str(shop / "items.parquet"), run_dir=str(tmp_path),
                            name="model", kind="ivf", params={"nlist": 2, "nprobe": 1},
@@ -77,6 +78,7 @@ def test_build_index_options_on_the_command_line():
         BuildIndexConfig(vectors="v.parquet", name="../elsewhere")
 
 
+@pytest.mark.slow
 def test_evaluate_retrieval_ranks_models_and_baselines_and_writes_the_report(shop, tmp_path):
     index = build_index(BuildIndexConfig(vectors=str(shop / "items.parquet"),
                                          run_dir=str(tmp_path), name="model", kind="ivf",

@@ -46,6 +46,7 @@ TRAIN = TrainConfig(epochs=2, batch_size=64, val_k=10, max_history=5,
                     tower=TowerConfig(dim=8, hidden_dim=16, id_dim=8, image_dim=4))
 
 
+@pytest.mark.slow
 def test_stage_trains_exports_and_tracks_the_model(shop, tmp_path):
     run_dir = shop / "run"
     cfg = TrainTwoTowerConfig(run_dir=str(run_dir), name="image",
@@ -78,6 +79,7 @@ def test_stage_trains_exports_and_tracks_the_model(shop, tmp_path):
             "vectors/user_vectors_test.parquet"} <= artifacts
 
 
+@pytest.mark.slow
 def test_a_finished_model_is_not_resumed_on_changed_inputs(shop, tmp_path):
     """Embeddings rewritten under a trained model: the stage refuses, naming the old and the
     new stamp, and leaves every file of the model's folder as it was."""
@@ -97,6 +99,7 @@ def test_a_finished_model_is_not_resumed_on_changed_inputs(shop, tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_exported_vectors_feed_build_index_and_evaluate_retrieval(shop, tmp_path):
     run_dir = tmp_path / "run"
     cfg = TrainTwoTowerConfig(run_dir=str(run_dir), prepared=str(shop / "run" / "prepare"),

@@ -43,6 +43,7 @@ def _tiny(run_dir, source, **stage) -> PretrainVisionConfig:
     )
 
 
+@pytest.mark.slow
 def test_pretrain_then_embed_the_catalog(tmp_path):
     shop = make_shop(ShopConfig(num_items=128, num_users=10, num_interactions=100, image_size=16))
     catalog = str(write_shop(shop, tmp_path / "shop")["catalog"])
@@ -76,6 +77,7 @@ def test_pretrain_then_embed_the_catalog(tmp_path):
     assert pq.read_table(out["embeddings"]).num_rows == 128
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("shapes", "trained_on"), [
     ([(20, 20), (32, 24)], [3, 16, 16]),  # mixed: resized to pretrain.image_size
     ([(20, 20)], [3, 20, 20]),  # one size: kept as it is, as before
@@ -141,6 +143,7 @@ def _files(folder):
             if p.is_file()}
 
 
+@pytest.mark.slow
 def test_stale_or_bad_inputs_leave_the_stage_folders_byte_identical(tmp_path):
     """A finished SimCLR folder given other images (another catalog, or the same file changed)
     refuses naming both sources; a failed embed keeps the old embeddings and config.json."""

@@ -317,7 +317,6 @@ def test_bad_resize_size_and_generator():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_device_shape_reproducibility():
     aug = SimCLRAugment(SIZE, blur=0.5, solarize=0.5)
     x = images(batch=32).cuda()

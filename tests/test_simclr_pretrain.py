@@ -59,6 +59,7 @@ def test_knn_monitor_and_log_callback(tmp_path):
     assert result.history[0]["images_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     cfg = dataclasses.replace(TINY, epochs=3, checkpoint_dir=str(tmp_path / "straight"))
     straight = pretrain(IMAGES, cfg).model.state_dict()
@@ -143,6 +144,7 @@ def _ddp_worker(r: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_one_model(tmp_path):
     if not dist.is_available():
         pytest.skip("torch was built without torch.distributed")
@@ -161,8 +163,6 @@ def test_two_gloo_processes_train_one_model(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("compiled", [False, True])
 def test_cuda_pretrain_with_bf16_channels_last_and_compile(compiled):
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
     cfg = dataclasses.replace(TINY, device="cuda", compile=compiled)
     result = pretrain(IMAGES, cfg)
     first, second = (h["epoch_loss"] for h in result.history)

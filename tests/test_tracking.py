@@ -33,6 +33,7 @@ def test_flat_params_nests_with_dots_and_stringifies():
     assert flat_params(Stage()) == {"source": "log.parquet", "lr": "0.1", "inner.k": "5"}
 
 
+@pytest.mark.slow
 def test_runs_land_in_each_run_folder_with_params_metrics_and_artifacts(tmp_path):
     for name in ("a", "b"):
         run_dir = tmp_path / name
@@ -57,6 +58,7 @@ def test_runs_land_in_each_run_folder_with_params_metrics_and_artifacts(tmp_path
     assert not (Path.cwd() / "mlruns").exists()
 
 
+@pytest.mark.slow
 def test_mlflow_tracking_uri_overrides_the_run_folder(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'server.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -79,6 +81,7 @@ with stage_run("embed_catalog", {"lr": 1}, sys.argv[1]):
 """
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_marked_killed_and_its_leftovers_cleared(tmp_path):
     """kill -9 inside a stage: while it lives a second run is refused naming its pid; after,
     its lock is gone, its MLflow run is KILLED and its half-written file removed."""
@@ -109,6 +112,7 @@ def test_a_killed_run_is_marked_killed_and_its_leftovers_cleared(tmp_path):
     assert not leftovers[0].exists() and not target.exists()
 
 
+@pytest.mark.slow
 def test_a_shared_server_kills_only_the_folders_own_runs(tmp_path, monkeypatch):
     """With a tracking server shared by many folders, only runs tagged with this folder are
     stale; a RUNNING run of another folder may be alive."""

@@ -260,6 +260,7 @@ def _ddp_worker(r: int, init_file: str, prepared: str, out_dir: str, cfg: TrainC
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_like_one_process_on_the_joined_batch(shop_dir, tmp_path):
     if not dist.is_available():
         pytest.skip("torch was built without torch.distributed")
@@ -284,8 +285,6 @@ def test_two_gloo_processes_train_like_one_process_on_the_joined_batch(shop_dir,
 
 @pytest.mark.gpu
 def test_cuda_training_in_bf16(shop_dir):
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
     result = fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=3, device="cuda"),
                  embeddings=_images(shop_dir), progress=False)
     assert next(result.model.parameters()).device.type == "cuda"

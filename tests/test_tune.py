@@ -65,6 +65,7 @@ def search(prepared, tmp_path_factory):
         yield cfg, run(cfg)
 
 
+@pytest.mark.slow
 def test_a_search_writes_its_trials_the_best_config_and_plots(search):
     cfg, summary = search
     out = Path(cfg.base.run_dir) / "tune" / "ids"
@@ -80,6 +81,7 @@ def test_a_search_writes_its_trials_the_best_config_and_plots(search):
     assert all(0.0 < v <= 1.0 for v in trials["value"])
 
 
+@pytest.mark.slow
 def test_the_first_trial_trains_the_base_settings(search):
     cfg, _ = search
     first = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url).trials[0]
@@ -94,6 +96,7 @@ def test_base_settings_outside_the_space_are_left_to_the_sampler():
     assert tune._base_params(TRAIN, space) == {"tower.dim": 8}  # lr 2e-3, max_history 5
 
 
+@pytest.mark.slow
 def test_the_value_is_the_best_epochs_validation_recall(search):
     cfg, _ = search
     study = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
@@ -102,6 +105,7 @@ def test_the_value_is_the_best_epochs_validation_recall(search):
         assert trial.value == max(trial.intermediate_values.values())
 
 
+@pytest.mark.slow
 def test_best_toml_is_a_train_two_tower_config_with_the_best_settings(search):
     cfg, summary = search
     best = Path(summary["files"]["best"])
@@ -117,6 +121,7 @@ def test_best_toml_is_a_train_two_tower_config_with_the_best_settings(search):
     assert exit_.value.code == 0
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("local_mlflow")
 def test_training_best_toml_reproduces_the_best_trials_recall(search, capsys):
     """A trial is the train_two_tower stage's training without checkpoints or export: the
@@ -128,6 +133,7 @@ def test_training_best_toml_reproduces_the_best_trials_recall(search, capsys):
     assert trained["val_recall_at_10"] == pytest.approx(summary["best_value"], abs=1e-12)
 
 
+@pytest.mark.slow
 def test_mlflow_holds_the_tune_run_and_a_nested_run_per_trial(search):
     cfg, summary = search
     client = MlflowClient(tracking_uri(cfg.base.run_dir))
@@ -163,6 +169,7 @@ class _PruneTrialOne(optuna.pruners.BasePruner):
         return trial.number == 1
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("local_mlflow")
 def test_a_pruned_trial_is_recorded_pruned_and_the_search_goes_on(prepared, tmp_path):
     cfg = _config(tmp_path, prepared)
@@ -179,6 +186,7 @@ def test_a_pruned_trial_is_recorded_pruned_and_the_search_goes_on(prepared, tmp_
     assert len(client.get_metric_history(child.info.run_id, "epoch/val_recall_at_10")) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("local_mlflow")
 def test_the_timeout_ends_the_running_trial_at_its_next_epoch_with_its_recall(prepared, tmp_path):
     cfg = _config(tmp_path, prepared, timeout_minutes=1e-6)  # out of time from the start
@@ -192,6 +200,7 @@ def test_the_timeout_ends_the_running_trial_at_its_next_epoch_with_its_recall(pr
     assert summary["best_trial"] == 0 and (cfg.out_dir / "best.toml").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("local_mlflow")
 def test_a_search_without_a_complete_trial_writes_no_best_toml(prepared, tmp_path):
     cfg = _config(tmp_path, prepared, n_trials=1)
