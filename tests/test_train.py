@@ -179,7 +179,7 @@ def test_a_non_finite_loss_stops_with_the_step(shop_dir, monkeypatch):
 
 def test_early_stopping_after_patience_epochs_without_progress(shop_dir, monkeypatch):
     scores = iter([0.3, 0.2, 0.25, 0.5, 0.9])
-    monkeypatch.setattr(train_module, "_validate", lambda *a: (next(scores), 0.0, 10))
+    monkeypatch.setattr(train_module, "validate", lambda *a: (next(scores), 0.0, 10))
     result = fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=5, patience=2),
                  progress=False)
     assert [h["epoch"] for h in result.history] == [1, 2, 3] and result.best_epoch == 1

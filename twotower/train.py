@@ -1,4 +1,4 @@
-"""Training the two-tower model on a prepared folder: `TrainConfig`, `fit()`, `export_vectors()`.
+"""Training the two-tower model on a prepared folder: `TrainConfig` and `fit()`.
 
 Each step draws B training rows (user, positive item, the user's history before it), encodes
 both sides and minimises a softmax cross-entropy of the positive among the candidates:
@@ -21,7 +21,7 @@ negatives (and lowered cold recall from 0.149 to 0.107); on ml-latest-small the 
 column. The temperature is fixed or learned (as log τ). AdamW at a constant learning rate.
 
 After every epoch the model ranks the full catalog for the validation users (training items
-masked, `twotower.evaluate`), logs recall@k, keeps the best epoch's weights and stops after
+masked, `twotower.validation`), logs recall@k, keeps the best epoch's weights and stops after
 `patience` epochs without improvement. With `checkpoint_dir` every epoch ends in an atomic
 `last.pt` (weights, optimizer, estimator, early-stopping state, history); a rerun resumes from
 it and ends exactly where an uninterrupted run would, since each epoch's shuffle, id dropout
@@ -54,13 +54,13 @@ from tqdm.auto import tqdm
 from twotower.contrastive import catalog_softmax, info_nce
 from twotower.data import prepared_manifest
 from twotower.distributed import gather_with_grad, rank, world_size
-from twotower.evaluate import EvalQueries, VectorScorer, evaluate, load_queries
-from twotower.files import DataError, atomic_path
+from twotower.export import export_vectors, user_vectors_for
+from twotower.files import atomic_path
 from twotower.frequency import StreamingFrequencyEstimator, log_q_from_counts
-from twotower.index import ItemIndex
 from twotower.inputs import TrainingRows, item_features, load_training
-from twotower.towers import TowerConfig, TwoTower, pad_histories
-from twotower.vectors import Vectors, write_vectors
+from twotower.towers import TowerConfig, TwoTower
+from twotower.validation import validate, validation_queries
+from twotower.vectors import Vectors
 
 __all__ = ["FitResult", "TrainConfig", "export_vectors", "fit", "user_vectors_for"]
 
@@ -221,7 +221,7 @@ def fit(
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index or 0] if device.type == "cuda" else None)
-    queries = _validation_queries(prepared, cfg)
+    queries = validation_queries(prepared, cfg.max_val_users, cfg.seed)
     weighted = cfg.use_weights and bool(np.any(rows.weight != 1.0))
     warm_items = torch.as_tensor(np.flatnonzero(rows.item_counts > 0), device=device)
     full = cfg.softmax == "full" or (cfg.softmax == "auto"
@@ -278,7 +278,7 @@ def fit(
                 bar.set_postfix(loss=f"{value:.4f}")
         record = {"epoch": epoch, "loss": float(np.mean(losses))}
         if queries is not None:
-            recall, ndcg, k = _validate(model, queries, cfg, device)
+            recall, ndcg, k = validate(model, queries, cfg.val_k, cfg.max_history, device)
             record.update({f"val_recall_at_{k}": recall, f"val_ndcg_at_{k}": ndcg})
             if recall > state.best_metric:
                 state.best_metric = recall
@@ -300,65 +300,6 @@ def fit(
         torch.arange(rows.num_items, device=device))
     return FitResult(model=model, history=state.history, best_epoch=state.best_epoch,
                      checkpoint=checkpoint, log_q=final_log_q)
-
-
-def user_vectors_for(model: TwoTower, max_history: int) -> Callable[[EvalQueries], np.ndarray]:
-    """A `VectorScorer.user_vectors` for a trained model: each query user's id and history."""
-    device = model.item_tower.warm.device
-
-    def encode(queries: EvalQueries) -> np.ndarray:
-        users = torch.as_tensor(queries.user_index, device=device)
-        history = torch.as_tensor(pad_histories(queries.history, max_history), device=device)
-        return model.user_vectors(users, history).float().cpu().numpy()
-
-    return encode
-
-
-def export_vectors(
-    model: TwoTower,
-    prepared: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    max_history: int,
-    splits: Sequence[str] = ("valid", "test"),
-    metadata: Mapping[str, Any] | None = None,
-) -> dict[str, Path]:
-    """Write the model's vectors for `ItemIndex` and `evaluate_retrieval`, atomically each.
-
-        item_vectors.parquet        every item of the model (item_id): the prepared items,
-                                    then any new products it was given (`fit(new_products=)`)
-        user_vectors.parquet        every user from their whole training history (serving)
-        user_vectors_<split>.parquet  the split's query users from their history before it
-    """
-    out = Path(out_dir)
-    meta = {"model": "two_tower", "dim": model.config.dim, "normalized": True,
-            **dict(metadata or {})}
-    rows = load_training(prepared)
-    item_ids = model.item_ids
-    if item_ids is None:
-        items = pd.read_parquet(Path(prepared) / "items.parquet",
-                                columns=["item_id", "item_index"])
-        item_ids = items.sort_values("item_index")["item_id"].astype(str).to_numpy()
-    paths = {"items": write_vectors(item_ids, model.item_vectors().float().cpu().numpy(),
-                                    out / "item_vectors.parquet", meta)}
-    users = pd.read_parquet(Path(prepared) / "users.parquet", columns=["user_id", "user_index"])
-    users = users.sort_values("user_index")
-    index = users["user_index"].to_numpy().astype(np.int64)
-    device = model.item_tower.warm.device
-    history = torch.as_tensor(rows.user_histories(index, max_history), device=device)
-    vectors = model.user_vectors(torch.as_tensor(index, device=device), history)
-    paths["users"] = write_vectors(users["user_id"].astype(str).to_numpy(),
-                                   vectors.float().cpu().numpy(), out / "user_vectors.parquet",
-                                   {**meta, "history": "all training rows"},
-                                   id_column="user_id")
-    encode = user_vectors_for(model, max_history)
-    for split in splits:
-        split_queries = load_queries(prepared, split)
-        paths[split] = write_vectors(split_queries.user_id, encode(split_queries),
-                                     out / f"user_vectors_{split}.parquet",
-                                     {**meta, "history": f"before the {split} targets"},
-                                     id_column="user_id")
-    return paths
 
 
 # -------------------------------------------------------------------- the step
@@ -443,37 +384,6 @@ def _mean_over_ranks(values: Tensor) -> list[float]:
         dist.all_reduce(values)
         values /= world_size()
     return values.tolist()
-
-
-# -------------------------------------------------------------------- validation
-def _validation_queries(prepared: str | os.PathLike[str], cfg: TrainConfig) -> EvalQueries | None:
-    """The valid split's users (a fixed subset of at most max_val_users), None if it has none."""
-    try:
-        queries = load_queries(prepared, "valid")
-    except DataError:
-        return None
-    if not len(queries):
-        return None
-    if cfg.max_val_users is not None and len(queries) > cfg.max_val_users:
-        keep = np.random.default_rng(cfg.seed).choice(len(queries), cfg.max_val_users,
-                                                     replace=False)
-        queries = queries.take(np.sort(keep))
-    return queries
-
-
-def _validate(model: TwoTower, queries: EvalQueries, cfg: TrainConfig,
-              device: torch.device) -> tuple[float, float, int]:
-    """(recall@k, ndcg@k, k) on the validation users, training items masked; k is val_k, or
-    less in a catalog too small to rank val_k unseen items for every user."""
-    k = max(1, min(cfg.val_k, len(queries.item_ids) - max(s.size for s in queries.seen)))
-    prepared_rows = model.item_vectors()[:len(queries.item_ids)]  # new products come after
-    index = ItemIndex.build(prepared_rows.float().cpu().numpy(), queries.item_ids,
-                            "flat", device=str(device) if device.type == "cuda" else "cpu")
-    scorer = VectorScorer(index=index, user_vectors=user_vectors_for(model, cfg.max_history))
-    table = evaluate(queries, {"model": scorer}, ks=(k,), n_boot=0)
-    overall = table[table["slice"] == "all"]
-    values = dict(zip(overall["metric"], overall["value"], strict=True))
-    return values["recall"], values["ndcg"], k
 
 
 # -------------------------------------------------------------------- checkpoints
