@@ -148,7 +148,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(shop_dir, tmp_path):
     cfg = dataclasses.replace(cfg, checkpoint_dir=str(tmp_path / "resumed"))
     with pytest.raises(KeyboardInterrupt):
         fit(shop_dir / "prepare", cfg, log=killed_in_epoch_two, progress=False)
-    saved = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)
+    saved = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
     assert saved["state"]["epoch"] == 1
     resumed = fit(shop_dir / "prepare", cfg, progress=False)
     assert resumed.history == straight.history

@@ -25,7 +25,9 @@ masked, `twotower.validation`), logs recall@k, keeps the best epoch's weights an
 `patience` epochs without improvement. With `checkpoint_dir` every epoch ends in an atomic
 `last.pt` (weights, optimizer, estimator, early-stopping state, history); a rerun resumes from
 it and ends exactly where an uninterrupted run would, since each epoch's shuffle, id dropout
-and negative samples are drawn from generators seeded by (seed, epoch, rank) alone.
+and negative samples are drawn from generators seeded by (seed, epoch, rank) alone. The loop
+around the step (seeding, DDP, autocast, the non-finite check, logging, checkpoints) is
+`twotower.loop`'s, shared with SimCLR pretraining.
 
 Under `torchrun` (a process group initialised by the caller) each rank trains on its share of
 every global batch, `info_nce` gathers the other ranks' items as negatives (the full softmax
@@ -39,42 +41,41 @@ import copy
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from twotower.contrastive import catalog_softmax, info_nce
 from twotower.data import prepared_manifest
 from twotower.distributed import gather_with_grad, rank, world_size
 from twotower.export import export_vectors, user_vectors_for
-from twotower.files import atomic_path
 from twotower.frequency import StreamingFrequencyEstimator, log_q_from_counts
 from twotower.inputs import TrainingRows, item_features, load_training
+from twotower.loop import Checkpoint, Epoch, Log, Loop, autocast, resolve_device, seeded, wrap
 from twotower.towers import TowerConfig, TwoTower
 from twotower.validation import validate, validation_queries
 from twotower.vectors import Vectors
 
 __all__ = ["FitResult", "TrainConfig", "export_vectors", "fit", "user_vectors_for"]
 
-Log = Callable[[Mapping[str, float], int], None]
-CHECKPOINT = "last.pt"
 FULL_SOFTMAX_ITEMS = 20_000
 """`softmax="auto"` scores every warm item each step up to this catalog size: beyond it the
 item tower's pass over the catalog costs more than a step should."""
-_RESUMABLE = {"epochs", "device", "checkpoint_dir"}  # may change between a run and its resume
 
 
 @dataclass
 class TrainConfig:
     """How `fit` trains the two-tower model."""
+
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"epochs", "device", "checkpoint_dir"})
+    """What a resumed run may change (`twotower.loop.Checkpoint`): where it runs, and how far,
+    since the learning rate is constant and more epochs continue the same run."""
 
     epochs: int = 30
     """Most passes over the training split (early stopping may end sooner)."""
@@ -187,10 +188,11 @@ def fit(
     catalog + attributes: categorical item columns for the item tower. new_products: give
     the products of `embeddings` / `catalog` that the log never mentions item rows too, after
     the prepared ones (`twotower.inputs.item_features`), so `export_vectors` covers them.
-    log: called with {"loss", "temperature"} every step and the validation metrics every epoch.
+    log: called on every rank with {"loss", "temperature"} after every step (at the number of
+    steps taken) and with the validation metrics, "epoch/...", after every epoch (at its number).
     """
     cfg = config or TrainConfig()
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     rows = load_training(prepared)
     world, me = world_size(), rank()
     if cfg.batch_size % world:
@@ -199,8 +201,7 @@ def fit(
     local = batch // world
     steps = len(rows) // batch  # full batches only: every rank gathers the same shapes
 
-    with torch.random.fork_rng(devices=_cuda_devices(device)):
-        torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed, device):
         features = item_features(prepared, embeddings=embeddings, catalog=catalog,
                                  attributes=attributes, new_products=new_products)
         model = TwoTower(rows.users_warm, features, _resolved_tower(cfg.tower, prepared))
@@ -217,10 +218,6 @@ def fit(
     elif cfg.logq == "counts":
         counts_log_q = torch.as_tensor(log_q_from_counts(rows.item_counts, batch),
                                        dtype=torch.float32, device=device)
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index or 0] if device.type == "cuda" else None)
     queries = validation_queries(prepared, cfg.max_val_users, cfg.seed)
     weighted = cfg.use_weights and bool(np.any(rows.weight != 1.0))
     warm_items = torch.as_tensor(np.flatnonzero(rows.item_counts > 0), device=device)
@@ -229,77 +226,82 @@ def fit(
 
     state = _State(history=[], best_metric=-math.inf, best_epoch=0, best_weights=None,
                    bad_epochs=0, epoch=0, step=0)
-    checkpoint = Path(cfg.checkpoint_dir) / CHECKPOINT if cfg.checkpoint_dir else None
-    if checkpoint is not None and checkpoint.is_file():
-        state = _resume(checkpoint, cfg, model, optimizer, log_tau, estimator)
+    checkpoint = Checkpoint.of(cfg)
+    saved = checkpoint.load(device) if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        with torch.no_grad():
+            log_tau.copy_(saved["log_tau"])
+        if estimator is not None:
+            estimator.load_state_dict(saved["estimator"])
+        state = _State(**saved["state"])
+    net = wrap(model, device)
+    order = sampler = None  # this epoch's shuffle and mixed-negative draws
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16,
-                              enabled=cfg.bf16 and device.type == "cuda")
-    while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
-        epoch = state.epoch + 1
+    def begin_epoch(epoch: int) -> None:
+        nonlocal order, sampler
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(rows))
         sampler = np.random.default_rng([cfg.seed, epoch, me])
-        model.train()
-        losses = []
-        with torch.random.fork_rng(devices=_cuda_devices(device)), \
-                tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="step",
-                     disable=not progress or me != 0) as bar:
-            seed = np.random.SeedSequence([cfg.seed, epoch, me]).generate_state(1)[0]
-            torch.manual_seed(int(seed))  # this epoch's id dropout
-            for i in range(steps):
-                picked = order[i * batch + me * local:i * batch + (me + 1) * local]
-                extra = (sampler.integers(0, rows.num_items, cfg.mixed_negatives)
-                         if cfg.mixed_negatives and not full else None)
-                history = rows.histories(picked, cfg.max_history)
-                with autocast:
-                    per_row = _loss(net, model, rows, picked, history, extra, cfg, device,
-                                    log_tau, counts_log_q, estimator, state.step,
-                                    warm_items if full else None)
-                loss = per_row.mean() if not weighted else _weighted_mean(
-                    per_row, torch.as_tensor(rows.weight[picked], device=device))
-                # One host sync per step for the loss (mean over ranks) and this step's τ;
-                # every rank checks the same mean, so all stop together on a non-finite loss.
-                value, tau = _mean_over_ranks(torch.stack([loss.detach().float(),
-                                                           log_tau.detach().exp()]))
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"two-tower loss is {value} at step "
-                                             f"{state.step} (epoch {epoch})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if cfg.learn_temperature:
-                    with torch.no_grad():
-                        log_tau.clamp_(math.log(0.01), 0.0)
-                losses.append(value)
-                if log is not None:
-                    log({"loss": value, "temperature": tau}, state.step)
-                state.step += 1
-                bar.update()
-                bar.set_postfix(loss=f"{value:.4f}")
-        record = {"epoch": epoch, "loss": float(np.mean(losses))}
+
+    def step(i: int, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        picked = order[i * batch + me * local:i * batch + (me + 1) * local]
+        extra = (sampler.integers(0, rows.num_items, cfg.mixed_negatives)
+                 if cfg.mixed_negatives and not full else None)
+        history = rows.histories(picked, cfg.max_history)
+        with autocast(device, cfg.bf16):
+            per_row = _loss(net, model, rows, picked, history, extra, cfg, device,
+                            log_tau, counts_log_q, estimator, state.step,
+                            warm_items if full else None, generator)
+        loss = per_row.mean() if not weighted else _weighted_mean(
+            per_row, torch.as_tensor(rows.weight[picked], device=device))
+        tau = log_tau.detach().exp()  # this step's τ, logged with its loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if cfg.learn_temperature:
+            with torch.no_grad():
+                log_tau.clamp_(math.log(0.01), 0.0)
+        state.step += 1
+        return loss, {"temperature": tau}
+
+    def end_epoch(epoch: Epoch) -> None:
+        record = {"epoch": epoch.number, "loss": float(np.mean(epoch.logged))}
         if queries is not None:
             recall, ndcg, k = validate(model, queries, cfg.val_k, cfg.max_history, device)
             record.update({f"val_recall_at_{k}": recall, f"val_ndcg_at_{k}": ndcg})
             if recall > state.best_metric:
                 state.best_metric = recall
-                state.best_epoch = epoch
+                state.best_epoch = epoch.number
                 state.best_weights = copy.deepcopy(model.state_dict())
                 state.bad_epochs = 0
             else:
                 state.bad_epochs += 1
         if log is not None:
-            log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, epoch)
+            log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, epoch.number)
         state.history.append(record)
-        state.epoch = epoch
-        if checkpoint is not None and me == 0:
-            _save(checkpoint, cfg, model, optimizer, log_tau, estimator, state)
+        state.epoch = epoch.number
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "log_tau": log_tau.detach(),
+                "estimator": None if estimator is None else estimator.state_dict(),
+                "state": dataclasses.asdict(state)}
+
+    # log_every 1: every step's loss is synced anyway, to log it with its τ
+    loop = Loop(name="two-tower", device=device, epochs=cfg.epochs, steps=steps, log=log,
+                progress=progress, checkpoint=checkpoint)
+    loop.run(model, step, epoch_seed=lambda epoch: _epoch_seed(cfg.seed, epoch, me),
+             begin_epoch=begin_epoch, end_epoch=end_epoch, state=checkpoint_state,
+             start=state.epoch, stop=lambda: state.bad_epochs >= cfg.patience)
     if state.best_weights is not None:
         model.load_state_dict(state.best_weights)
     model.eval()
     final_log_q = counts_log_q if estimator is None else estimator.log_q(
         torch.arange(rows.num_items, device=device))
     return FitResult(model=model, history=state.history, best_epoch=state.best_epoch,
-                     checkpoint=checkpoint, log_q=final_log_q)
+                     checkpoint=None if checkpoint is None else checkpoint.path,
+                     log_q=final_log_q)
 
 
 # -------------------------------------------------------------------- the step
@@ -322,16 +324,18 @@ def _loss(
     history: np.ndarray, extra: np.ndarray | None, cfg: TrainConfig, device: torch.device,
     log_tau: Tensor, counts_log_q: Tensor | None,
     estimator: StreamingFrequencyEstimator | None, step: int, warm_items: Tensor | None,
+    generator: torch.Generator,
 ) -> Tensor:
     """Per-row losses (b,) of one local batch: users (b, d) against the whole warm catalog
-    (full softmax) or the gathered positives and extras (info_nce)."""
+    (full softmax) or the gathered positives and extras (info_nce); `generator` draws the id
+    dropout."""
     items = torch.as_tensor(rows.item[picked], device=device)  # (b,)
     if warm_items is not None:  # the full softmax
         users, catalog, content = net({
             "user_index": torch.as_tensor(rows.user[picked], device=device),
             "history": torch.as_tensor(history, device=device),
             "item_index": warm_items,
-        })
+        }, generator)
         positives = torch.searchsorted(warm_items, items)  # column of each positive
         return _with_content(cfg, catalog, content, lambda vectors: catalog_softmax(
             users.float(), vectors.float(), positives, temperature=log_tau.exp(),
@@ -342,7 +346,7 @@ def _loss(
         "user_index": torch.as_tensor(rows.user[picked], device=device),
         "history": torch.as_tensor(history, device=device),
         "item_index": candidates,
-    })
+    }, generator)
     log_q = None
     if counts_log_q is not None:
         log_q = counts_log_q[items]
@@ -377,18 +381,16 @@ def _with_content(cfg: TrainConfig, items: Tensor, content: Tensor | None,
     return total
 
 
-def _mean_over_ranks(values: Tensor) -> list[float]:
-    """The mean of `values` (n,) over ranks, on the host."""
-    if world_size() > 1:
-        values = values.clone()
-        dist.all_reduce(values)
-        values /= world_size()
-    return values.tolist()
+# -------------------------------------------------------------------- state
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of an epoch's id dropout on one rank."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-# -------------------------------------------------------------------- checkpoints
 @dataclass
 class _State:
+    """What a checkpoint keeps beside the weights: the history and the early stopping."""
+
     history: list[dict[str, float]]
     best_metric: float
     best_epoch: int
@@ -396,49 +398,3 @@ class _State:
     bad_epochs: int
     epoch: int
     step: int
-
-
-def _save(path: Path, cfg: TrainConfig, model: TwoTower, optimizer: torch.optim.Optimizer,
-          log_tau: Tensor, estimator: StreamingFrequencyEstimator | None, state: _State) -> None:
-    payload = {
-        "config": dataclasses.asdict(cfg), "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "log_tau": log_tau.detach(),
-        "estimator": None if estimator is None else estimator.state_dict(),
-        "state": dataclasses.asdict(state),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def _resume(path: Path, cfg: TrainConfig, model: TwoTower, optimizer: torch.optim.Optimizer,
-            log_tau: Tensor, estimator: StreamingFrequencyEstimator | None) -> _State:
-    payload = torch.load(path, map_location=log_tau.device, weights_only=False)
-    saved, now = _flat(payload["config"]), _flat(dataclasses.asdict(cfg))
-    changed = sorted(k for k in saved.keys() | now.keys()
-                     if k.split(".")[0] not in _RESUMABLE and saved.get(k) != now.get(k))
-    if changed:
-        name = changed[0]
-        raise ValueError(f"{path} was trained with {name}={saved.get(name)!r}, not "
-                         f"{now.get(name)!r}; resume with the same config or remove the "
-                         "checkpoint")
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    with torch.no_grad():
-        log_tau.copy_(payload["log_tau"])
-    if estimator is not None:
-        estimator.load_state_dict(payload["estimator"])
-    return _State(**payload["state"])
-
-
-def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _cuda_devices(device: torch.device) -> list[int]:
-    return [device.index or 0] if device.type == "cuda" else []

@@ -48,4 +48,5 @@ def validate(model: TwoTower, queries: EvalQueries, val_k: int, max_history: int
     table = evaluate(queries, {"model": scorer}, ks=(k,), n_boot=0)
     overall = table[table["slice"] == "all"]
     values = dict(zip(overall["metric"], overall["value"], strict=True))
-    return values["recall"], values["ndcg"], k
+    # Python floats, not numpy's: the history goes into a checkpoint read with weights_only.
+    return float(values["recall"]), float(values["ndcg"]), k
