@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -49,16 +49,15 @@ from twotower.loop import (
 __all__ = ["PretrainConfig", "PretrainResult", "load_simclr", "pretrain"]
 
 
+RUNTIME_FIELDS = frozenset({"device", "compile", "checkpoint_dir", "resume", "log_every",
+                            "knn_every", "knn_bank_size", "knn_query_size", "progress"})
+"""The `PretrainConfig` fields a resumed run may change (`twotower.loop.Checkpoint`): how it
+executes, not what it computes. Not `epochs`: the cosine schedule is laid out over them."""
+
 
 @dataclass
 class PretrainConfig:
     """SimCLR pretraining; defaults follow the paper's CIFAR-10 setting (Chen et al. 2020, B.9)."""
-
-    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"device", "compile", "checkpoint_dir", "resume", "log_every", "knn_every",
-         "knn_bank_size", "knn_query_size", "progress"})
-    """What a resumed run may change (`twotower.loop.Checkpoint`): how it executes, not what it
-    computes. Not `epochs`: the cosine schedule is laid out over them."""
 
     arch: str = "resnet18"
     """Encoder: resnet18, resnet34, resnet50 or resnet_narrow (see simclr_vision.encoder)."""
@@ -223,7 +222,7 @@ def pretrain(
         warmup_cosine, warmup_steps=round(cfg.warmup * steps_per_epoch), total_steps=total_steps,
     ))
 
-    checkpoint = Checkpoint.of(cfg)
+    checkpoint = Checkpoint.of(cfg, RUNTIME_FIELDS)
     history: list[dict[str, float]] = []
     start_epoch = 0
     saved = _resume(checkpoint, device) if checkpoint is not None and cfg.resume else None

@@ -17,8 +17,8 @@ does the rest, the same way for both:
   the optimizer steps taken;
 - checkpoints: after every epoch rank 0 writes the trainer's state and the config to `last.pt`
   atomically; `Checkpoint.load` reads it back with `weights_only=True` and refuses it when the
-  config differs in any field but the config class's `RUNTIME_FIELDS`, the ones that change how
-  a run executes, not what it computes (`data`, the inputs, is never one of them).
+  config differs in any field but the trainer's runtime fields, the ones that change how a run
+  executes, not what it computes (`data`, the inputs, is never one of them).
 """
 
 from __future__ import annotations
@@ -211,17 +211,19 @@ def changed_fields(saved: Mapping[str, Any], now: Mapping[str, Any],
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A run's `last.pt` and the config (a dataclass with `RUNTIME_FIELDS`) it belongs to."""
+    """A run's `last.pt`, the config (a dataclass) it belongs to, and the fields of that config
+    a resumed run may change."""
 
     path: Path
     config: Any
+    runtime: frozenset[str]
 
     @classmethod
-    def of(cls, config: Any) -> Checkpoint | None:
+    def of(cls, config: Any, runtime: frozenset[str]) -> Checkpoint | None:
         """`checkpoint_dir/last.pt` of a config, None when its checkpoint_dir is None."""
         if config.checkpoint_dir is None:
             return None
-        return cls(Path(config.checkpoint_dir) / CHECKPOINT, config)
+        return cls(Path(config.checkpoint_dir) / CHECKPOINT, config, runtime)
 
     def save(self, state: Mapping[str, Any]) -> None:
         """Write {"config": asdict(config), **state} atomically, on rank 0 alone."""
@@ -233,12 +235,12 @@ class Checkpoint:
     def load(self, device: torch.device) -> dict[str, Any] | None:
         """What `save` wrote (tensors on `device`), or None without a checkpoint; raises
         `ConfigChanged` naming the first changed field when the config differs in one that is
-        not in `RUNTIME_FIELDS`."""
+        not a runtime field."""
         if not self.path.is_file():
             return None
         saved = torch.load(self.path, map_location=device, weights_only=True)
         now = dataclasses.asdict(self.config)
-        changed = changed_fields(saved["config"], now, type(self.config).RUNTIME_FIELDS)
+        changed = changed_fields(saved["config"], now, self.runtime)
         if changed:
             name = changed[0]
             old, new = _flat(saved["config"]), _flat(now)

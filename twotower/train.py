@@ -44,7 +44,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -67,15 +67,14 @@ __all__ = ["FitResult", "TrainConfig", "export_vectors", "fit", "user_vectors_fo
 FULL_SOFTMAX_ITEMS = 20_000
 """`softmax="auto"` scores every warm item each step up to this catalog size: beyond it the
 item tower's pass over the catalog costs more than a step should."""
+RUNTIME_FIELDS = frozenset({"epochs", "device", "checkpoint_dir"})
+"""The `TrainConfig` fields a resumed run may change (`twotower.loop.Checkpoint`): where it
+runs, and how far, since the learning rate is constant and more epochs continue the same run."""
 
 
 @dataclass
 class TrainConfig:
     """How `fit` trains the two-tower model."""
-
-    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"epochs", "device", "checkpoint_dir"})
-    """What a resumed run may change (`twotower.loop.Checkpoint`): where it runs, and how far,
-    since the learning rate is constant and more epochs continue the same run."""
 
     epochs: int = 30
     """Most passes over the training split (early stopping may end sooner)."""
@@ -226,7 +225,7 @@ def fit(
 
     state = _State(history=[], best_metric=-math.inf, best_epoch=0, best_weights=None,
                    bad_epochs=0, epoch=0, step=0)
-    checkpoint = Checkpoint.of(cfg)
+    checkpoint = Checkpoint.of(cfg, RUNTIME_FIELDS)
     saved = checkpoint.load(device) if checkpoint is not None else None
     if saved is not None:
         model.load_state_dict(saved["model"])
