@@ -58,10 +58,11 @@ from twotower.evaluate import (
     evaluate,
     load_queries,
 )
+from twotower.export import user_vectors_for
 from twotower.index import ItemIndex
 from twotower.synthetic import Shop, ShopConfig, ShopOracle
 from twotower.towers import TowerConfig
-from twotower.train import TrainConfig, fit, user_vectors_for
+from twotower.train import TrainConfig, fit
 from twotower.vectors import Vectors
 
 ORACLE = "oracle P(i|u) (logQ-on optimum)"

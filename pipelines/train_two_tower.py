@@ -28,9 +28,10 @@ import torch
 from pipelines.config import check_folder_name, parse_config, save_config
 from pipelines.runtime import distributed_device, is_main
 from pipelines.tracking import stage_run
+from twotower.export import export_vectors
 from twotower.files import atomic_path, stamped
 from twotower.inputs import read_catalog
-from twotower.train import TrainConfig, export_vectors, fit
+from twotower.train import TrainConfig, fit
 from twotower.vectors import read_vectors
 
 __all__ = ["TrainTwoTowerConfig", "main", "run"]

@@ -10,23 +10,21 @@ averaged by DDP (SyncBN optional), and rank 0 writes the checkpoints.
 A checkpoint is written atomically after every epoch, and `resume=True` continues from it
 exactly: the per-epoch shuffling and augmentation draws are seeded from (seed, epoch, rank), so
 a run killed after epoch e and resumed ends with the same weights as one never interrupted.
+The loop around the step (seeding, DDP, autocast, the non-finite check, logging, checkpoints)
+is `twotower.loop`'s, shared with the two-tower trainer.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
-from tqdm.auto import tqdm
 
 from simclr_vision.augment import SimCLRAugment
 from simclr_vision.evaluate import knn_accuracy
@@ -34,18 +32,27 @@ from simclr_vision.model import SimCLR, build_simclr, encode_images
 from simclr_vision.optim import LARS, param_groups, warmup_cosine
 from twotower.contrastive import nt_xent
 from twotower.distributed import rank, world_size
-from twotower.files import atomic_path
 from twotower.heads import HeadKind
+from twotower.loop import (
+    Checkpoint,
+    ConfigChanged,
+    Epoch,
+    Log,
+    Loop,
+    autocast,
+    diverged,
+    resolve_device,
+    seeded,
+    wrap,
+)
 
 __all__ = ["PretrainConfig", "PretrainResult", "load_simclr", "pretrain"]
 
-LogFn = Callable[[Mapping[str, float], int], None]
 
-# Fields that change how a run executes but not what it computes; a resumed run may differ here.
-_RUNTIME_FIELDS = frozenset(
-    {"device", "compile", "checkpoint_dir", "resume", "log_every", "knn_every", "knn_bank_size",
-     "knn_query_size", "progress"}
-)
+RUNTIME_FIELDS = frozenset({"device", "compile", "checkpoint_dir", "resume", "log_every",
+                            "knn_every", "knn_bank_size", "knn_query_size", "progress"})
+"""The `PretrainConfig` fields a resumed run may change (`twotower.loop.Checkpoint`): how it
+executes, not what it computes. Not `epochs`: the cosine schedule is laid out over them."""
 
 
 @dataclass
@@ -170,7 +177,7 @@ def pretrain(
     *,
     labels: Tensor | None = None,
     monitor: tuple[Tensor, Tensor] | None = None,
-    log: LogFn | None = None,
+    log: Log | None = None,
 ) -> PretrainResult:
     """Pretrain a SimCLR model on uint8 images (N, C, H, W).
 
@@ -180,17 +187,16 @@ def pretrain(
         labels: (N,) class labels, used only by the kNN monitor's memory bank.
         monitor: (images, labels) the kNN monitor classifies; without it, held-out labelled
             training images are used. The monitor needs `labels`.
-        log: `log(metrics, step)` callback: loss and lr every `log_every` steps, and per epoch
-            loss, kNN accuracy and images/s.
+        log: `log(metrics, step)` callback, `step` the number of steps taken: loss and lr
+            every `log_every` steps (on every rank), and per epoch loss, kNN accuracy and
+            images/s (on rank 0).
 
     Raises FloatingPointError naming the step when the loss stops being finite.
     """
     cfg = config or PretrainConfig()
     _check_images(images, labels)
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     cuda = device.type == "cuda"
-    if cuda and device.index is None:  # "cuda": the current device, which torchrun sets per rank
-        device = torch.device("cuda", torch.cuda.current_device())
     ranks, me = world_size(), rank()
     if cfg.batch_size % ranks:
         raise ValueError(f"batch_size {cfg.batch_size} must divide over {ranks} ranks")
@@ -198,8 +204,8 @@ def pretrain(
     if images.shape[0] < cfg.batch_size:
         raise ValueError(f"{images.shape[0]} images are fewer than one batch ({cfg.batch_size})")
 
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = cfg.build_model(images.shape[1])
+    with seeded(cfg.seed, device):  # identical initial weights on every rank
+        model = cfg.build_model(images.shape[1])
     if cfg.sync_bn and ranks > 1:
         if not cuda:
             raise ValueError("sync_bn needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
@@ -216,69 +222,76 @@ def pretrain(
         warmup_cosine, warmup_steps=round(cfg.warmup * steps_per_epoch), total_steps=total_steps,
     ))
 
-    checkpoint = Path(cfg.checkpoint_dir) / "last.pt" if cfg.checkpoint_dir else None
+    checkpoint = Checkpoint.of(cfg, RUNTIME_FIELDS)
     history: list[dict[str, float]] = []
     start_epoch = 0
-    if checkpoint is not None and cfg.resume and checkpoint.exists():
-        start_epoch, history = _restore(checkpoint, cfg, model, optimizer, schedule)
+    saved = _resume(checkpoint, device) if checkpoint is not None and cfg.resume else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        start_epoch, history = saved["epochs_done"], list(saved["history"])
 
-    net: nn.Module = model
-    if ranks > 1:
-        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    net = wrap(model, device)
     if cfg.compile:
         net = torch.compile(net)
 
     augment = SimCLRAugment(cfg.image_size, strength=cfg.strength, blur=cfg.blur)
     data = images.to(device)
     knn_sets = _knn_sets(images, labels, monitor, cfg) if cfg.knn_every else None
-    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc="simclr",
-               disable=not cfg.progress or me != 0, unit="step")
-    step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
+    order = torch.empty(0)  # this epoch's shuffle
+    current, started = 0, 0.0  # this epoch's number and start time
+
+    def begin_epoch(epoch: int) -> None:
+        nonlocal order, current, started
+        sampler.set_epoch(epoch - 1)
         order = torch.tensor(list(sampler), device=device)
-        gen = torch.Generator(device).manual_seed(_epoch_seed(cfg.seed, epoch, me))
-        losses: list[Tensor] = []
-        started = time.perf_counter()
-        model.train()
-        for i in range(steps_per_epoch):
-            x = data[order[i * per_rank:(i + 1) * per_rank]]               # (b, C, H, W) uint8
-            views = torch.cat([augment(x, generator=gen), augment(x, generator=gen)])
-            views = views.contiguous(memory_format=memory_format)        # (2b, C, S, S)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and cfg.amp):
-                _, z = net(views)                                          # (2b, proj_dim)
-            z1, z2 = z.float().chunk(2)
-            try:
-                loss = nt_xent(z1, z2, temperature=cfg.temperature, chunk_size=cfg.chunk_size)
-            except ValueError as err:  # the only data-dependent refusal: non-finite z
-                raise _diverged(str(err), step + 1, epoch) from err
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.detach())
-            step += 1
-            bar.update()
-            if step % cfg.log_every == 0 or i == steps_per_epoch - 1:
-                recent = _finite_or_raise(losses[-cfg.log_every:], step, epoch)
-                bar.set_postfix(loss=f"{recent:.3f}", epoch=epoch + 1)
-                if log is not None and me == 0:
-                    log({"loss": recent, "lr": schedule.get_last_lr()[0]}, step)
+        current, started = epoch, time.perf_counter()
+
+    def step(i: int, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        x = data[order[i * per_rank:(i + 1) * per_rank]]                   # (b, C, H, W) uint8
+        views = torch.cat([augment(x, generator=generator), augment(x, generator=generator)])
+        views = views.contiguous(memory_format=memory_format)            # (2b, C, S, S)
+        with autocast(device, cfg.amp):
+            _, z = net(views)                                              # (2b, proj_dim)
+        z1, z2 = z.float().chunk(2)
+        try:
+            loss = nt_xent(z1, z2, temperature=cfg.temperature, chunk_size=cfg.chunk_size)
+        except ValueError as err:  # the only data-dependent refusal: non-finite z
+            raise diverged("SimCLR", str(err), (current - 1) * steps_per_epoch + i,
+                           current) from err
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        return loss, {"lr": schedule.get_last_lr()[0]}
+
+    def end_epoch(epoch: Epoch) -> None:
         seconds = time.perf_counter() - started
         record = {
-            "epoch": float(epoch + 1),
-            "epoch_loss": torch.stack(losses).mean().item(),
+            "epoch": float(epoch.number),
+            "epoch_loss": epoch.losses.mean().item(),
             "images_per_s": steps_per_epoch * cfg.batch_size / seconds,
         }
-        if knn_sets is not None and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
+        if knn_sets is not None and (epoch.number % cfg.knn_every == 0
+                                     or epoch.number == cfg.epochs):
             record["knn_accuracy"] = _knn_monitor(model, knn_sets, cfg)
         history.append(record)
         if log is not None and me == 0:
-            log(record, step)
-        if checkpoint is not None and me == 0:
-            _save(checkpoint, cfg, model, optimizer, schedule, epoch + 1, history)
-    bar.close()
-    return PretrainResult(model=model, history=history, checkpoint=checkpoint)
+            log(record, epoch.number * steps_per_epoch)
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {"in_channels": model.encoder.in_channels, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "epochs_done": current, "history": history}
+
+    loop = Loop(name="SimCLR", device=device, epochs=cfg.epochs, steps=steps_per_epoch,
+                log_every=cfg.log_every, log=log, progress=cfg.progress, checkpoint=checkpoint)
+    loop.run(model, step, epoch_seed=lambda epoch: _epoch_seed(cfg.seed, epoch - 1, me),
+             begin_epoch=begin_epoch, end_epoch=end_epoch, state=checkpoint_state,
+             start=start_epoch)
+    return PretrainResult(model=model, history=history,
+                          checkpoint=None if checkpoint is None else checkpoint.path)
 
 
 def load_simclr(
@@ -308,23 +321,6 @@ def _epoch_seed(seed: int, epoch: int, me: int) -> int:
     return (seed * 1_000_003 + epoch) * 4099 + me
 
 
-def _finite_or_raise(losses: list[Tensor], step: int, epoch: int) -> float:
-    """Mean of the recent losses; raises naming the first non-finite step (one host sync)."""
-    recent = torch.stack(losses)
-    finite = torch.isfinite(recent)
-    if not bool(finite.all()):
-        bad = int((~finite).nonzero()[0, 0])
-        raise _diverged(f"the loss is {recent[bad].item()}", step - len(losses) + bad + 1, epoch)
-    return recent.mean().item()
-
-
-def _diverged(what: str, step: int, epoch: int) -> FloatingPointError:
-    return FloatingPointError(
-        f"SimCLR training diverged at step {step} (epoch {epoch + 1}): {what}; lower the "
-        "learning rate or check the images"
-    )
-
-
 def _knn_sets(
     images: Tensor, labels: Tensor | None, monitor: tuple[Tensor, Tensor] | None,
     cfg: PretrainConfig,
@@ -352,43 +348,18 @@ def _knn_monitor(model: SimCLR, sets: tuple[Tensor, Tensor, Tensor, Tensor],
     return knn_accuracy(bank_h, bank_y, query_h, query_y, k=cfg.knn_k)
 
 
-def _save(path: Path, cfg: PretrainConfig, model: SimCLR, optimizer: torch.optim.Optimizer,
-          schedule: torch.optim.lr_scheduler.LRScheduler, epochs_done: int,
-          history: list[dict[str, float]]) -> None:
-    state = {
-        "config": dataclasses.asdict(cfg),
-        "in_channels": model.encoder.in_channels,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "epochs_done": epochs_done,
-        "history": history,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _restore(path: Path, cfg: PretrainConfig, model: SimCLR, optimizer: torch.optim.Optimizer,
-             schedule: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, list[dict[str, float]]]:
-    state = torch.load(path, map_location=cfg.device, weights_only=True)
-    saved = {k: v for k, v in state["config"].items() if k not in _RUNTIME_FIELDS}
-    current = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUNTIME_FIELDS}
-    changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
-    if "data" in changed:
+def _resume(checkpoint: Checkpoint, device: torch.device) -> dict[str, Any] | None:
+    """`checkpoint.load`, with images of another source named as such."""
+    try:
+        return checkpoint.load(device)
+    except ConfigChanged as err:
+        if err.field != "data":
+            raise
         raise ValueError(
-            f"{path} was trained on images from {changed['data'][0] or 'an unrecorded source'}, "
-            f"not {changed['data'][1] or 'unrecorded ones'}; point checkpoint_dir (the stage's "
-            "run folder) elsewhere, or delete the checkpoint to train again"
-        )
-    if changed:
-        raise ValueError(
-            f"{path} was written with a different config {changed} (saved, now); resume with "
-            "the same settings or point checkpoint_dir at a fresh folder"
-        )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    return state["epochs_done"], list(state["history"])
+            f"{err.path} was trained on images from {err.saved or 'an unrecorded source'}, "
+            f"not {err.now or 'unrecorded ones'}; point checkpoint_dir (the stage's run "
+            "folder) elsewhere, or delete the checkpoint to train again"
+        ) from err
 
 
 def _check_images(images: Tensor, labels: Tensor | None) -> None:

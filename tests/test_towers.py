@@ -145,6 +145,24 @@ def test_id_dropout_acts_in_training_only():
     assert not (model.item_tower.features(items) == unknown).all(dim=1).any()
 
 
+def test_id_dropout_draws_from_the_generator_it_is_given():
+    config = TowerConfig(dim=8, hidden_dim=16, id_dim=4, image_dim=4, attribute_dim=3,
+                         id_dropout=0.5)
+    torch.manual_seed(0)
+    model = TwoTower(np.ones(U, bool), _features(), config).train()
+    torch.manual_seed(7)
+    from_global = model(_batch())
+    before = torch.get_rng_state()
+    from_generator = model(_batch(), torch.Generator().manual_seed(7))
+    # The same numbers in the same order as torch's global generator seeded alike, which the
+    # generator leaves alone.
+    assert torch.equal(torch.get_rng_state(), before)
+    for a, b in zip(from_global, from_generator, strict=True):
+        assert torch.equal(a, b)
+    other = model(_batch(), torch.Generator().manual_seed(8))
+    assert not torch.equal(other[0], from_generator[0])
+
+
 def test_history_pools_are_the_mean_and_the_recency_weighted_mean_of_item_features():
     torch.manual_seed(0)
     config = TowerConfig(dim=8, hidden_dim=16, id_dim=4, recency_decay=0.5, id_dropout=0.0)

@@ -163,7 +163,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(shop_dir, tmp_path):
     cfg = dataclasses.replace(cfg, checkpoint_dir=str(tmp_path / "resumed"))
     with pytest.raises(KeyboardInterrupt):
         fit(shop_dir / "prepare", cfg, log=killed_in_epoch_two, progress=False)
-    saved = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)
+    saved = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
     assert saved["state"]["epoch"] == 1
     resumed = fit(shop_dir / "prepare", cfg, progress=False)
     assert resumed.history == straight.history
@@ -194,7 +194,7 @@ def test_a_non_finite_loss_stops_with_the_step(shop_dir, monkeypatch):
 
 def test_early_stopping_after_patience_epochs_without_progress(shop_dir, monkeypatch):
     scores = iter([0.3, 0.2, 0.25, 0.5, 0.9])
-    monkeypatch.setattr(train_module, "_validate", lambda *a: (next(scores), 0.0, 10))
+    monkeypatch.setattr(train_module, "validate", lambda *a: (next(scores), 0.0, 10))
     result = fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=5, patience=2),
                  progress=False)
     assert [h["epoch"] for h in result.history] == [1, 2, 3] and result.best_epoch == 1

@@ -1,7 +1,9 @@
-"""One code path for one device or many: rank, world size and a gather that keeps gradients.
+"""One code path for one device or many: rank, world size, a gather that keeps gradients and
+a mean over ranks.
 
-Without an initialised process group `rank()` is 0, `world_size()` is 1 and
-`gather_with_grad` returns its input unchanged, so the losses never branch on DDP.
+Without an initialised process group `rank()` is 0, `world_size()` is 1, and
+`gather_with_grad` and `mean_over_ranks` return their input unchanged, so the losses and the
+training loop never branch on DDP.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["gather_with_grad", "rank", "world_size"]
+__all__ = ["gather_with_grad", "mean_over_ranks", "rank", "world_size"]
 
 
 def _initialized() -> bool:
@@ -61,3 +63,13 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         dist.all_gather(parts, x.contiguous())
         return torch.cat(parts)
     return _GatherWithGrad.apply(x)
+
+
+def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """`x` averaged elementwise over every rank (no gradient): the same tensor on every rank."""
+    if world_size() == 1:
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    x /= world_size()
+    return x

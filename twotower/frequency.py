@@ -82,6 +82,9 @@ class LogQ(nn.Module):
     moves its tables and `state_dict()` holds what it learns (nothing, for most sources).
     """
 
+    learns = False
+    """Whether `update` changes q: the trainer gathers the global batch only for such a one."""
+
     def update(self, item_ids: Tensor, step: int) -> None:
         """Record that the ids were in step's batch; a source whose q is fixed ignores it."""
 
@@ -301,6 +304,8 @@ class StreamingFrequencyEstimator(LogQ):
 
     last_step: Tensor
     delta: Tensor
+
+    learns = True
 
     def __init__(self, num_buckets: int = 2**20, alpha: float = 0.01) -> None:
         super().__init__()

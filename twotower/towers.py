@@ -137,13 +137,16 @@ class ItemFeatures:
         return len(self.warm)
 
 
-def _id_rows(index: Tensor, warm: Tensor, dropout: float, training: bool) -> Tensor:
+def _id_rows(index: Tensor, warm: Tensor, dropout: float, training: bool,
+             generator: torch.Generator | None) -> Tensor:
     """Embedding rows of ids: index + 1 for a warm id, 0 (unknown) for a cold or −1 one, and
-    in training for a random `dropout` share of them."""
+    in training for a random `dropout` share of them, drawn from `generator` (None: torch's
+    global one)."""
     known = (index >= 0) & warm[index.clamp_min(0)]
     rows = torch.where(known, index + 1, 0)
     if training and dropout > 0:
-        rows = rows.masked_fill(torch.rand(index.shape, device=index.device) < dropout, 0)
+        drop = torch.rand(index.shape, device=index.device, generator=generator) < dropout
+        rows = rows.masked_fill(drop, 0)
     return rows
 
 
@@ -208,12 +211,13 @@ class ItemTower(nn.Module):
             parts.append(table(getattr(self, f"attr_{name}")[items]))
         return parts
 
-    def features(self, items: Tensor) -> Tensor:
-        """(...,) item indices → (..., F) input features (ids, projected image h, attributes)."""
+    def features(self, items: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(...,) item indices → (..., F) input features (ids, projected image h, attributes);
+        `generator` draws the id dropout in training."""
         parts = self._content_inputs(items)
         if self.ids is not None:
             parts.insert(0, self.ids(_id_rows(items, self.warm, self.config.id_dropout,
-                                              self.training)))
+                                              self.training, generator)))
         return torch.cat(parts, dim=-1)
 
     def _content(self, items: Tensor) -> Tensor:
@@ -228,11 +232,12 @@ class ItemTower(nn.Module):
         """(B,) item indices → (B, d) unit vectors from content alone: a cold item's vector."""
         return F.normalize(self._content(items), dim=-1)
 
-    def both(self, items: Tensor) -> tuple[Tensor, Tensor | None]:
+    def both(self, items: Tensor, generator: torch.Generator | None = None
+             ) -> tuple[Tensor, Tensor | None]:
         """(B,) → (item vectors, content vectors), unit-norm, sharing one pass of the content
         path; the content vectors are None unless the tower has both paths (without an id
-        they are the item vectors)."""
-        rows = (_id_rows(items, self.warm, self.config.id_dropout, self.training)
+        they are the item vectors). `generator` draws the id dropout in training."""
+        rows = (_id_rows(items, self.warm, self.config.id_dropout, self.training, generator)
                 if self.ids is not None else None)
         if not self.has_content:  # id-only: a cold or dropped id is the unknown row
             return F.normalize(self._id(rows), dim=-1), None
@@ -290,13 +295,15 @@ class UserTower(nn.Module):
             pools.append(torch.einsum("bl,blf->bf", w.to(features.dtype), features) / total)
         return torch.cat(pools, dim=-1)
 
-    def forward(self, users: Tensor, history: Tensor) -> Tensor:
-        """users (B,) user indices (−1: unknown), history (B, L) → (B, d) unit vectors."""
+    def forward(self, users: Tensor, history: Tensor,
+                generator: torch.Generator | None = None) -> Tensor:
+        """users (B,) user indices (−1: unknown), history (B, L) → (B, d) unit vectors;
+        `generator` draws the id dropout (of the user and the history items) in training."""
         parts = []
         if self.ids is not None:
             parts.append(self.ids(_id_rows(users, self.warm, self.config.id_dropout,
-                                           self.training)))
-        features = self.item_tower.features(history.clamp_min(0))  # (B, L, F)
+                                           self.training, generator)))
+        features = self.item_tower.features(history.clamp_min(0), generator)  # (B, L, F)
         parts.append(self.pooled(history, features))
         known = users.clamp_min(0)
         for name, table in zip(self.attribute_names, self.attributes, strict=True):
@@ -321,12 +328,14 @@ class TwoTower(nn.Module):
         self.item_tower = ItemTower(items, self.config)
         self.user_tower = UserTower(users_warm, self.item_tower, self.config, user_attributes)
 
-    def forward(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+    def forward(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None
+                ) -> tuple[Tensor, Tensor, Tensor | None]:
         """→ (user_vectors, item_vectors, content_vectors), each (B, d) unit-norm; the
         content vectors (the items without their ids) are None unless the item tower has both
-        an id and content inputs."""
-        users = self.user_tower(batch["user_index"], batch["history"])
-        return users, *self.item_tower.both(batch["item_index"])
+        an id and content inputs. `generator` draws every id dropout of the batch in training
+        (None: torch's global generator)."""
+        users = self.user_tower(batch["user_index"], batch["history"], generator)
+        return users, *self.item_tower.both(batch["item_index"], generator)
 
     @torch.no_grad()
     def item_vectors(self, batch_size: int = 8192) -> Tensor:

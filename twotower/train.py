@@ -1,4 +1,4 @@
-"""Training the two-tower model on a prepared folder: `TrainConfig`, `fit()`, `export_vectors()`.
+"""Training the two-tower model on a prepared folder: `TrainConfig` and `fit()`.
 
 Each step draws B training rows (user, positive item, the user's history before it), encodes
 both sides and minimises a softmax cross-entropy of the positive among the candidates:
@@ -21,11 +21,13 @@ negatives (and lowered cold recall from 0.149 to 0.107); on ml-latest-small the 
 column. The temperature is fixed or learned (as log τ). AdamW at a constant learning rate.
 
 After every epoch the model ranks the full catalog for the validation users (training items
-masked, `twotower.evaluate`), logs recall@k, keeps the best epoch's weights and stops after
+masked, `twotower.validation`), logs recall@k, keeps the best epoch's weights and stops after
 `patience` epochs without improvement. With `checkpoint_dir` every epoch ends in an atomic
 `last.pt` (weights, optimizer, estimator, early-stopping state, history); a rerun resumes from
 it and ends exactly where an uninterrupted run would, since each epoch's shuffle, id dropout
-and negative samples are drawn from generators seeded by (seed, epoch, rank) alone.
+and negative samples are drawn from generators seeded by (seed, epoch, rank) alone. The loop
+around the step (seeding, DDP, autocast, the non-finite check, logging, checkpoints) is
+`twotower.loop`'s, shared with SimCLR pretraining.
 
 Under `torchrun` (a process group initialised by the caller) each rank trains on its share of
 every global batch, `info_nce` gathers the other ranks' items as negatives (the full softmax
@@ -39,7 +41,7 @@ import copy
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,29 +49,27 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from twotower.contrastive import catalog_softmax, info_nce
 from twotower.data import prepared_manifest
 from twotower.distributed import gather_with_grad, rank, world_size
-from twotower.evaluate import EvalQueries, VectorScorer, evaluate, load_queries
-from twotower.files import DataError, atomic_path
+from twotower.export import export_vectors, user_vectors_for
 from twotower.frequency import LOGQ_MODES, LogQ, log_q_sources
-from twotower.index import ItemIndex
 from twotower.inputs import TrainingRows, item_features, load_training
-from twotower.towers import TowerConfig, TwoTower, pad_histories
-from twotower.vectors import Vectors, write_vectors
+from twotower.loop import Checkpoint, Epoch, Log, Loop, autocast, resolve_device, seeded, wrap
+from twotower.towers import TowerConfig, TwoTower
+from twotower.validation import validate, validation_queries
+from twotower.vectors import Vectors
 
 __all__ = ["FitResult", "TrainConfig", "export_vectors", "fit", "user_vectors_for"]
 
-Log = Callable[[Mapping[str, float], int], None]
-CHECKPOINT = "last.pt"
 FULL_SOFTMAX_ITEMS = 20_000
 """`softmax="auto"` scores every warm item each step up to this catalog size: beyond it the
 item tower's pass over the catalog costs more than a step should."""
-_RESUMABLE = {"epochs", "device", "checkpoint_dir"}  # may change between a run and its resume
+RUNTIME_FIELDS = frozenset({"epochs", "device", "checkpoint_dir"})
+"""The `TrainConfig` fields a resumed run may change (`twotower.loop.Checkpoint`): where it
+runs, and how far, since the learning rate is constant and more epochs continue the same run."""
 
 
 @dataclass
@@ -187,10 +187,11 @@ def fit(
     catalog + attributes: categorical item columns for the item tower. new_products: give
     the products of `embeddings` / `catalog` that the log never mentions item rows too, after
     the prepared ones (`twotower.inputs.item_features`), so `export_vectors` covers them.
-    log: called with {"loss", "temperature"} every step and the validation metrics every epoch.
+    log: called on every rank with {"loss", "temperature"} after every step (at the number of
+    steps taken) and with the validation metrics, "epoch/...", after every epoch (at its number).
     """
     cfg = config or TrainConfig()
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     rows = load_training(prepared)
     world, me = world_size(), rank()
     if cfg.batch_size % world:
@@ -199,8 +200,7 @@ def fit(
     local = batch // world
     steps = len(rows) // batch  # full batches only: every rank gathers the same shapes
 
-    with torch.random.fork_rng(devices=_cuda_devices(device)):
-        torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed, device):
         features = item_features(prepared, embeddings=embeddings, catalog=catalog,
                                  attributes=attributes, new_products=new_products)
         model = TwoTower(rows.users_warm, features, _resolved_tower(cfg.tower, prepared))
@@ -213,11 +213,7 @@ def fit(
                                      alpha=cfg.streaming_alpha,
                                      mixed_draws=cfg.mixed_negatives * world)
     batch_q, mixed_q = batch_q.to(device), mixed_q.to(device)
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index or 0] if device.type == "cuda" else None)
-    queries = _validation_queries(prepared, cfg)
+    queries = validation_queries(prepared, cfg.max_val_users, cfg.seed)
     weighted = cfg.use_weights and bool(np.any(rows.weight != 1.0))
     warm_items = torch.as_tensor(np.flatnonzero(rows.item_counts > 0), device=device)
     full = cfg.softmax == "full" or (cfg.softmax == "auto"
@@ -225,135 +221,80 @@ def fit(
 
     state = _State(history=[], best_metric=-math.inf, best_epoch=0, best_weights=None,
                    bad_epochs=0, epoch=0, step=0)
-    checkpoint = Path(cfg.checkpoint_dir) / CHECKPOINT if cfg.checkpoint_dir else None
-    if checkpoint is not None and checkpoint.is_file():
-        state = _resume(checkpoint, cfg, model, optimizer, log_tau, batch_q)
+    checkpoint = Checkpoint.of(cfg, RUNTIME_FIELDS)
+    saved = checkpoint.load(device) if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        with torch.no_grad():
+            log_tau.copy_(saved["log_tau"])
+        if saved["estimator"] is not None:
+            batch_q.load_state_dict(saved["estimator"])
+        state = _State(**saved["state"])
+    net = wrap(model, device)
+    order = sampler = None  # this epoch's shuffle and mixed-negative draws
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16,
-                              enabled=cfg.bf16 and device.type == "cuda")
-    while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
-        epoch = state.epoch + 1
+    def begin_epoch(epoch: int) -> None:
+        nonlocal order, sampler
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(rows))
         sampler = np.random.default_rng([cfg.seed, epoch, me])
-        model.train()
-        losses = []
-        with torch.random.fork_rng(devices=_cuda_devices(device)), \
-                tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="step",
-                     disable=not progress or me != 0) as bar:
-            seed = np.random.SeedSequence([cfg.seed, epoch, me]).generate_state(1)[0]
-            torch.manual_seed(int(seed))  # this epoch's id dropout
-            for i in range(steps):
-                picked = order[i * batch + me * local:i * batch + (me + 1) * local]
-                extra = (sampler.integers(0, rows.num_items, cfg.mixed_negatives)
-                         if cfg.mixed_negatives and not full else None)
-                history = rows.histories(picked, cfg.max_history)
-                with autocast:
-                    per_row = _loss(net, model, rows, picked, history, extra, cfg, device,
-                                    log_tau, batch_q, mixed_q, state.step,
-                                    warm_items if full else None)
-                loss = per_row.mean() if not weighted else _weighted_mean(
-                    per_row, torch.as_tensor(rows.weight[picked], device=device))
-                # One host sync per step for the loss (mean over ranks) and this step's τ;
-                # every rank checks the same mean, so all stop together on a non-finite loss.
-                value, tau = _mean_over_ranks(torch.stack([loss.detach().float(),
-                                                           log_tau.detach().exp()]))
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"two-tower loss is {value} at step "
-                                             f"{state.step} (epoch {epoch})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if cfg.learn_temperature:
-                    with torch.no_grad():
-                        log_tau.clamp_(math.log(0.01), 0.0)
-                losses.append(value)
-                if log is not None:
-                    log({"loss": value, "temperature": tau}, state.step)
-                state.step += 1
-                bar.update()
-                bar.set_postfix(loss=f"{value:.4f}")
-        record = {"epoch": epoch, "loss": float(np.mean(losses))}
+
+    def step(i: int, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        picked = order[i * batch + me * local:i * batch + (me + 1) * local]
+        extra = (sampler.integers(0, rows.num_items, cfg.mixed_negatives)
+                 if cfg.mixed_negatives and not full else None)
+        history = rows.histories(picked, cfg.max_history)
+        with autocast(device, cfg.bf16):
+            per_row = _loss(net, model, rows, picked, history, extra, cfg, device,
+                            log_tau, batch_q, mixed_q, state.step,
+                            warm_items if full else None, generator)
+        loss = per_row.mean() if not weighted else _weighted_mean(
+            per_row, torch.as_tensor(rows.weight[picked], device=device))
+        tau = log_tau.detach().exp()  # this step's τ, logged with its loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if cfg.learn_temperature:
+            with torch.no_grad():
+                log_tau.clamp_(math.log(0.01), 0.0)
+        state.step += 1
+        return loss, {"temperature": tau}
+
+    def end_epoch(epoch: Epoch) -> None:
+        record = {"epoch": epoch.number, "loss": float(np.mean(epoch.logged))}
         if queries is not None:
-            recall, ndcg, k = _validate(model, queries, cfg, device)
+            recall, ndcg, k = validate(model, queries, cfg.val_k, cfg.max_history, device)
             record.update({f"val_recall_at_{k}": recall, f"val_ndcg_at_{k}": ndcg})
             if recall > state.best_metric:
                 state.best_metric = recall
-                state.best_epoch = epoch
+                state.best_epoch = epoch.number
                 state.best_weights = copy.deepcopy(model.state_dict())
                 state.bad_epochs = 0
             else:
                 state.bad_epochs += 1
         if log is not None:
-            log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, epoch)
+            log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, epoch.number)
         state.history.append(record)
-        state.epoch = epoch
-        if checkpoint is not None and me == 0:
-            _save(checkpoint, cfg, model, optimizer, log_tau, batch_q, state)
+        state.epoch = epoch.number
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "log_tau": log_tau.detach(),
+                "estimator": batch_q.state_dict() or None,  # None: a source that learns nothing
+                "state": dataclasses.asdict(state)}
+
+    # log_every 1: every step's loss is synced anyway, to log it with its τ
+    loop = Loop(name="two-tower", device=device, epochs=cfg.epochs, steps=steps, log=log,
+                progress=progress, checkpoint=checkpoint)
+    loop.run(model, step, epoch_seed=lambda epoch: _epoch_seed(cfg.seed, epoch, me),
+             begin_epoch=begin_epoch, end_epoch=end_epoch, state=checkpoint_state,
+             start=state.epoch, stop=lambda: state.bad_epochs >= cfg.patience)
     if state.best_weights is not None:
         model.load_state_dict(state.best_weights)
     model.eval()
     return FitResult(model=model, history=state.history, best_epoch=state.best_epoch,
-                     checkpoint=checkpoint,
+                     checkpoint=None if checkpoint is None else checkpoint.path,
                      log_q=batch_q.log_q(torch.arange(rows.num_items, device=device)))
-
-
-def user_vectors_for(model: TwoTower, max_history: int) -> Callable[[EvalQueries], np.ndarray]:
-    """A `VectorScorer.user_vectors` for a trained model: each query user's id and history."""
-    device = model.item_tower.warm.device
-
-    def encode(queries: EvalQueries) -> np.ndarray:
-        users = torch.as_tensor(queries.user_index, device=device)
-        history = torch.as_tensor(pad_histories(queries.history, max_history), device=device)
-        return model.user_vectors(users, history).float().cpu().numpy()
-
-    return encode
-
-
-def export_vectors(
-    model: TwoTower,
-    prepared: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    max_history: int,
-    splits: Sequence[str] = ("valid", "test"),
-    metadata: Mapping[str, Any] | None = None,
-) -> dict[str, Path]:
-    """Write the model's vectors for `ItemIndex` and `evaluate_retrieval`, atomically each.
-
-        item_vectors.parquet        every item of the model (item_id): the prepared items,
-                                    then any new products it was given (`fit(new_products=)`)
-        user_vectors.parquet        every user from their whole training history (serving)
-        user_vectors_<split>.parquet  the split's query users from their history before it
-    """
-    out = Path(out_dir)
-    meta = {"model": "two_tower", "dim": model.config.dim, "normalized": True,
-            **dict(metadata or {})}
-    rows = load_training(prepared)
-    item_ids = model.item_ids
-    if item_ids is None:
-        items = pd.read_parquet(Path(prepared) / "items.parquet",
-                                columns=["item_id", "item_index"])
-        item_ids = items.sort_values("item_index")["item_id"].astype(str).to_numpy()
-    paths = {"items": write_vectors(item_ids, model.item_vectors().float().cpu().numpy(),
-                                    out / "item_vectors.parquet", meta)}
-    users = pd.read_parquet(Path(prepared) / "users.parquet", columns=["user_id", "user_index"])
-    users = users.sort_values("user_index")
-    index = users["user_index"].to_numpy().astype(np.int64)
-    device = model.item_tower.warm.device
-    history = torch.as_tensor(rows.user_histories(index, max_history), device=device)
-    vectors = model.user_vectors(torch.as_tensor(index, device=device), history)
-    paths["users"] = write_vectors(users["user_id"].astype(str).to_numpy(),
-                                   vectors.float().cpu().numpy(), out / "user_vectors.parquet",
-                                   {**meta, "history": "all training rows"},
-                                   id_column="user_id")
-    encode = user_vectors_for(model, max_history)
-    for split in splits:
-        split_queries = load_queries(prepared, split)
-        paths[split] = write_vectors(split_queries.user_id, encode(split_queries),
-                                     out / f"user_vectors_{split}.parquet",
-                                     {**meta, "history": f"before the {split} targets"},
-                                     id_column="user_id")
-    return paths
 
 
 # -------------------------------------------------------------------- the step
@@ -375,16 +316,18 @@ def _loss(
     net: nn.Module, model: TwoTower, rows: TrainingRows, picked: np.ndarray,
     history: np.ndarray, extra: np.ndarray | None, cfg: TrainConfig, device: torch.device,
     log_tau: Tensor, batch_q: LogQ, mixed_q: LogQ, step: int, warm_items: Tensor | None,
+    generator: torch.Generator,
 ) -> Tensor:
     """Per-row losses (b,) of one local batch: users (b, d) against the whole warm catalog
-    (full softmax) or the gathered positives and extras (info_nce)."""
+    (full softmax) or the gathered positives and extras (info_nce); `generator` draws the id
+    dropout."""
     items = torch.as_tensor(rows.item[picked], device=device)  # (b,)
     if warm_items is not None:  # the full softmax
         users, catalog, content = net({
             "user_index": torch.as_tensor(rows.user[picked], device=device),
             "history": torch.as_tensor(history, device=device),
             "item_index": warm_items,
-        })
+        }, generator)
         positives = torch.searchsorted(warm_items, items)  # column of each positive
         return _with_content(cfg, catalog, content, lambda vectors: catalog_softmax(
             users.float(), vectors.float(), positives, temperature=log_tau.exp(),
@@ -395,8 +338,9 @@ def _loss(
         "user_index": torch.as_tensor(rows.user[picked], device=device),
         "history": torch.as_tensor(history, device=device),
         "item_index": candidates,
-    })
-    batch_q.update(gather_with_grad(items), step)  # every rank sees the global batch
+    }, generator)
+    if batch_q.learns:
+        batch_q.update(gather_with_grad(items), step)  # every rank sees the global batch
     log_q = batch_q.log_q(items)
     extra_log_q = None if extra is None else mixed_q.log_q(candidates[len(items):])
     hits = cfg.mask_accidental_hits
@@ -420,49 +364,16 @@ def _with_content(cfg: TrainConfig, items: Tensor, content: Tensor | None,
     return total
 
 
-def _mean_over_ranks(values: Tensor) -> list[float]:
-    """The mean of `values` (n,) over ranks, on the host."""
-    if world_size() > 1:
-        values = values.clone()
-        dist.all_reduce(values)
-        values /= world_size()
-    return values.tolist()
+# -------------------------------------------------------------------- state
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of an epoch's id dropout on one rank."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-# -------------------------------------------------------------------- validation
-def _validation_queries(prepared: str | os.PathLike[str], cfg: TrainConfig) -> EvalQueries | None:
-    """The valid split's users (a fixed subset of at most max_val_users), None if it has none."""
-    try:
-        queries = load_queries(prepared, "valid")
-    except DataError:
-        return None
-    if not len(queries):
-        return None
-    if cfg.max_val_users is not None and len(queries) > cfg.max_val_users:
-        keep = np.random.default_rng(cfg.seed).choice(len(queries), cfg.max_val_users,
-                                                     replace=False)
-        queries = queries.take(np.sort(keep))
-    return queries
-
-
-def _validate(model: TwoTower, queries: EvalQueries, cfg: TrainConfig,
-              device: torch.device) -> tuple[float, float, int]:
-    """(recall@k, ndcg@k, k) on the validation users, training items masked; k is val_k, or
-    less in a catalog too small to rank val_k unseen items for every user."""
-    k = max(1, min(cfg.val_k, len(queries.item_ids) - max(s.size for s in queries.seen)))
-    prepared_rows = model.item_vectors()[:len(queries.item_ids)]  # new products come after
-    index = ItemIndex.build(prepared_rows.float().cpu().numpy(), queries.item_ids,
-                            "flat", device=str(device) if device.type == "cuda" else "cpu")
-    scorer = VectorScorer(index=index, user_vectors=user_vectors_for(model, cfg.max_history))
-    table = evaluate(queries, {"model": scorer}, ks=(k,), n_boot=0)
-    overall = table[table["slice"] == "all"]
-    values = dict(zip(overall["metric"], overall["value"], strict=True))
-    return values["recall"], values["ndcg"], k
-
-
-# -------------------------------------------------------------------- checkpoints
 @dataclass
 class _State:
+    """What a checkpoint keeps beside the weights: the history and the early stopping."""
+
     history: list[dict[str, float]]
     best_metric: float
     best_epoch: int
@@ -470,49 +381,3 @@ class _State:
     bad_epochs: int
     epoch: int
     step: int
-
-
-def _save(path: Path, cfg: TrainConfig, model: TwoTower, optimizer: torch.optim.Optimizer,
-          log_tau: Tensor, batch_q: LogQ, state: _State) -> None:
-    payload = {
-        "config": dataclasses.asdict(cfg), "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "log_tau": log_tau.detach(),
-        "estimator": batch_q.state_dict() or None,  # None: a source that learns nothing
-        "state": dataclasses.asdict(state),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def _resume(path: Path, cfg: TrainConfig, model: TwoTower, optimizer: torch.optim.Optimizer,
-            log_tau: Tensor, batch_q: LogQ) -> _State:
-    payload = torch.load(path, map_location=log_tau.device, weights_only=False)
-    saved, now = _flat(payload["config"]), _flat(dataclasses.asdict(cfg))
-    changed = sorted(k for k in saved.keys() | now.keys()
-                     if k.split(".")[0] not in _RESUMABLE and saved.get(k) != now.get(k))
-    if changed:
-        name = changed[0]
-        raise ValueError(f"{path} was trained with {name}={saved.get(name)!r}, not "
-                         f"{now.get(name)!r}; resume with the same config or remove the "
-                         "checkpoint")
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    with torch.no_grad():
-        log_tau.copy_(payload["log_tau"])
-    if payload["estimator"] is not None:
-        batch_q.load_state_dict(payload["estimator"])
-    return _State(**payload["state"])
-
-
-def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _cuda_devices(device: torch.device) -> list[int]:
-    return [device.index or 0] if device.type == "cuda" else []
