@@ -123,3 +123,25 @@ def test_imports_go_one_way(package: ModuleType, forbidden: set[str]):
              for name, line in imported_packages(path.read_text(), package.__name__).items()
              if name in forbidden]
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_readme_module_map_lists_every_module():
+    """The README's table under "The parts" is the module map: a module added, moved or renamed
+    without it fails here. In a row, a bare name is a module of the first name's package
+    (`pipelines.make_shop`, `prepare`, ...); a package's row names its modules in backticks."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    start = text.index("The module map")
+    listed = set()
+    for line in text[start:text.index("\n\n- **", start)].splitlines():
+        if not line.startswith("| `"):
+            continue
+        names, what = line.split("|")[1:3]
+        first, *rest = names.split("`")[1::2]
+        package = first.rsplit(".", 1)[0]
+        listed |= {first, *(f"{package}.{name}" for name in rest)}
+        listed |= {f"{first}.{name}" for name in what.split("`")[1::2]}  # a package's modules
+    modules = {".".join(p.relative_to(root).with_suffix("").parts)
+               for package in ("twotower", "simclr_vision", "pipelines")
+               for p in (root / package).rglob("*.py") if p.name != "__init__.py"}
+    assert not modules - listed, f"missing from the README's module map: {modules - listed}"

@@ -131,7 +131,7 @@ def test_each_logq_corrects_the_mixed_negatives_and_checkpoints_only_learned_sta
     fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=1, mixed_negatives=4, logq=logq,
                                                   checkpoint_dir=str(tmp_path)), progress=False)
     assert (spy.calls[0]["extra_log_q"] is None) == (logq == "none")
-    estimator = torch.load(tmp_path / "last.pt", weights_only=False)["estimator"]
+    estimator = torch.load(tmp_path / "last.pt", weights_only=True)["estimator"]
     if logq != "streaming":
         assert estimator is None  # counts are recomputed from the data, not saved
     else:
