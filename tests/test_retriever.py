@@ -10,54 +10,22 @@ import pandas as pd
 import pytest
 import torch
 
-from pipelines.build_index import BuildIndexConfig
-from pipelines.build_index import run as build_index
-from pipelines.train_two_tower import TrainTwoTowerConfig
-from pipelines.train_two_tower import run as train_two_tower
-from twotower.data import PrepareConfig, prepare
 from twotower.evaluate import VectorScorer, load_queries
 from twotower.files import DataError
 from twotower.retriever import FORMAT_VERSION, Retriever
-from twotower.synthetic import ShopConfig, make_shop
-from twotower.towers import TowerConfig
-from twotower.train import TrainConfig
-from twotower.vectors import read_vectors, write_vectors
+from twotower.vectors import read_vectors
 
-# Every test here reads a model trained through the stages, whose MLflow store alone takes
-# seconds to create.
-pytestmark = [pytest.mark.usefixtures("local_mlflow"), pytest.mark.slow]
-CATEGORIES = 4
-IMAGE = (3, 8, 8)  # the photos the fake image encoder takes
-TRAIN = TrainConfig(epochs=5, batch_size=64, val_k=10, max_history=5,
-                    tower=TowerConfig(dim=8, hidden_dim=16, id_dim=8, image_dim=4))
+# Every test here reads the model tests/conftest.py trains through the stages, whose MLflow
+# store alone takes seconds to create.
+pytestmark = pytest.mark.slow
+IMAGE = (3, 8, 8)  # the photos the fake image encoder takes (the run's embeddings say 8x8)
+MAX_HISTORY = 5  # the run's train.max_history
 
 
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory):
-    """A run folder with the model "image" (h and category) and its index, on a shop whose
-    users each want one or two of four categories (taste 0.05), and whose h is the category
-    one-hot plus noise: what a good frozen image encoder keeps. The k-core leaves the
-    least-sold products out of the log; they are cold rows of the model (new_products)."""
-    root = tmp_path_factory.mktemp("shop")
-    made = make_shop(ShopConfig(num_items=80, num_users=60, num_interactions=3000, image_size=8,
-                                num_categories=CATEGORIES, num_patterns=1,
-                                taste_concentration=0.05))
-    made.interactions.to_parquet(root / "log.parquet")
-    made.catalog.to_parquet(root / "catalog.parquet")
-    run = root / "run"
-    prepare(root / "log.parquet", run / "prepare",
-            PrepareConfig(min_user_interactions=3, min_item_interactions=3))
-    rng = np.random.default_rng(0)
-    h = 2.0 * np.eye(8)[made.catalog["category"]] + rng.normal(0, 0.3, (len(made.catalog), 8))
-    write_vectors(made.catalog["item_id"], h, root / "embeddings.parquet",
-                  {"image_size": IMAGE[1]})
-    trained = train_two_tower(TrainTwoTowerConfig(
-        run_dir=str(run), name="image", embeddings=str(root / "embeddings.parquet"),
-        catalog=str(root / "catalog.parquet"), attributes=("category",), device="cpu",
-        train=TRAIN))
-    build_index(BuildIndexConfig(vectors=trained["vectors"]["items"], run_dir=str(run),
-                                 name="image", device="cpu"))
-    return root
+@pytest.fixture
+def shop(two_tower_run):
+    """The trained run of tests/conftest.py."""
+    return two_tower_run
 
 
 def category_of(shop) -> dict[str, str]:
@@ -173,7 +141,7 @@ def test_a_new_product_gets_its_content_vector_and_its_categorys_users(shop):
     by_sales = counts.sort_values("count", ascending=False)["item_id"]
 
     def category_user(c: str) -> list[str]:
-        return [i for i in by_sales if category[i] == c][:TRAIN.max_history]
+        return [i for i in by_sales if category[i] == c][:MAX_HISTORY]
 
     placed = None
     for p in cold:
