@@ -137,6 +137,7 @@ class Retriever:
         self.image_encoder = image_encoder
         self._users = users
         self._user_rows = pd.Index(users.ids)
+        self._warm_users = users.warm  # (U,) once: every chunk of queries reads it
         self._counts = counts  # (I,) training rows per item row of the model, 0 for new ones
         self._vocabularies = dict(vocabularies)
         self._image_size = image_size  # side of the images the image encoder takes, if known
@@ -299,7 +300,7 @@ class Retriever:
         n = len(users)
         rows = self._user_rows.get_indexer(users) if by_id else np.full(n, -1)
         known = rows >= 0
-        known[known] = self._users.warm[rows[known]]
+        known[known] = self._warm_users[rows[known]]
         given = ([None] * n if histories is None
                  else [self._history_rows(h, offset + i) for i, h in enumerate(histories)])
         source = np.where(known, "user", np.where([h is not None for h in given], "history",
@@ -369,7 +370,7 @@ class Retriever:
                 raise ValueError(f"embeddings must be ({len(ids)}, {width}), one h per product "
                                  f"of the width the tower was trained on; got {h.shape}")
             if not np.isfinite(h).all():
-                raise ValueError(f"the embedding of {ids[~np.isfinite(h).all(1)][0]!r} is not "
+                raise ValueError(f"the embedding of {str(ids[~np.isfinite(h).all(1)][0])!r} is not "
                                  "finite")
         elif images is not None or embeddings is not None:
             raise ValueError("this model's item tower reads no image embeddings: give no images "
@@ -397,7 +398,7 @@ class Retriever:
         ids = np.asarray(list(item_ids)).astype(str)
         absent = ids[~np.isin(ids, self.index.ids)]
         if absent.size:
-            raise ValueError(f"{absent[0]!r} is not in the live index")
+            raise ValueError(f"{str(absent[0])!r} is not in the live index")
         keep = self.index.ids[~np.isin(self.index.ids, ids)]
         if not keep.size:
             raise ValueError("removing every product would leave an empty index")
@@ -412,12 +413,12 @@ class Retriever:
             raise ValueError("no item_ids to add")
         unique, counts = np.unique(ids, return_counts=True)
         if (counts > 1).any():
-            raise ValueError(f"item_ids repeats {unique[counts > 1][0]!r}")
+            raise ValueError(f"item_ids repeats {str(unique[counts > 1][0])!r}")
         known = ids[self._item_rows.get_indexer(ids) >= 0]
         if known.size:
             where = "in the live index" if known[0] in self._live else "known to the model " \
                 "(removed from the index; a removed product cannot be added again)"
-            raise ValueError(f"product {known[0]!r} is already {where}")
+            raise ValueError(f"product {str(known[0])!r} is already {where}")
         return ids
 
     def _encode(self, images: torch.Tensor | np.ndarray, n: int) -> np.ndarray:
