@@ -147,6 +147,18 @@ def test_a_bare_saved_folder_finds_its_encoder_through_the_run_or_says_what_is_m
         load_retriever(shop[1]["retriever"], name="image")
 
 
+def test_embeddings_no_simclr_made_give_a_retriever_without_an_encoder(two_tower_run, tmp_path):
+    """h computed elsewhere (the embeddings' metadata names no checkpoint): the retriever
+    serves, and takes new products with their h, not their photos; so does its saved folder."""
+    for source in (two_tower_run / "run", save_retriever(two_tower_run / "run",
+                                                         tmp_path / "saved")):
+        retriever = load_retriever(source)
+        assert retriever.image_encoder is None
+        assert retriever.recommend(histories=[list(retriever.item_ids[:2])], k=3).source[0] == (
+            "history")
+    assert not (tmp_path / "saved" / "image_encoder" / "checkpoint.pt").exists()
+
+
 def test_predict_answers_each_row_in_order_with_its_own_k(shop, tracking):
     run_dir, built, _ = shop
     model = mlflow.pyfunc.load_model(built["retriever"])
