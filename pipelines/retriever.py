@@ -118,6 +118,9 @@ class RetrieverModel(mlflow.pyfunc.PythonModel):
     it replaces the stored history), or both; `k` in a row overrides the request's `k` param.
     The output is `Recommendations.to_frame()` of every row in input order, k rows each:
     user_id ("" for a history-only row), rank, item_id, score, source.
+
+    The model's pickle holds no code, only the name of this class, so it serves where this
+    project is installed (`mlflow models serve --env-manager local` in its environment).
     """
 
     retriever: Retriever
