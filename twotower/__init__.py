@@ -34,6 +34,7 @@ _EXPORTS = {
     "log_q_from_counts": "frequency",
     "ProjectionHead": "heads",
     "ItemIndex": "index",
+    "Retriever": "retriever",
     "Shop": "synthetic",
     "ShopConfig": "synthetic",
     "make_shop": "synthetic",
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
     from twotower.frequency import StreamingFrequencyEstimator, log_q_from_counts
     from twotower.heads import ProjectionHead
     from twotower.index import ItemIndex
+    from twotower.retriever import Retriever
     from twotower.synthetic import Shop, ShopConfig, make_shop, write_shop
     from twotower.towers import TowerConfig, TwoTower
     from twotower.train import TrainConfig, export_vectors, fit

@@ -1,5 +1,6 @@
-"""A trained two-tower model's vectors: `user_vectors_for` turns it into a scorer's user side,
-`export_vectors` writes the vectors Parquet files that `ItemIndex` and `evaluate_retrieval` read.
+"""A trained two-tower model's vectors: `encode_users` gives users' vectors from their ids and
+histories, `user_vectors_for` turns it into a scorer's user side, `export_vectors` writes the
+vectors Parquet files that `ItemIndex` and `evaluate_retrieval` read.
 """
 
 from __future__ import annotations
@@ -18,17 +19,23 @@ from twotower.inputs import load_training
 from twotower.towers import TwoTower, pad_histories
 from twotower.vectors import write_vectors
 
-__all__ = ["export_vectors", "user_vectors_for"]
+__all__ = ["encode_users", "export_vectors", "user_vectors_for"]
+
+
+def encode_users(model: TwoTower, users: np.ndarray, histories: Sequence[np.ndarray],
+                 max_history: int) -> np.ndarray:
+    """(U, d) float32 unit vectors of U users: their user_index (−1: not in the vocabulary)
+    and time-ordered history item rows, of which the newest `max_history` are read."""
+    device = model.item_tower.warm.device
+    history = torch.as_tensor(pad_histories(histories, max_history), device=device)
+    return model.user_vectors(torch.as_tensor(users, device=device), history).float().cpu().numpy()
 
 
 def user_vectors_for(model: TwoTower, max_history: int) -> Callable[[EvalQueries], np.ndarray]:
     """A `VectorScorer.user_vectors` for a trained model: each query user's id and history."""
-    device = model.item_tower.warm.device
 
     def encode(queries: EvalQueries) -> np.ndarray:
-        users = torch.as_tensor(queries.user_index, device=device)
-        history = torch.as_tensor(pad_histories(queries.history, max_history), device=device)
-        return model.user_vectors(users, history).float().cpu().numpy()
+        return encode_users(model, queries.user_index, queries.history, max_history)
 
     return encode
 

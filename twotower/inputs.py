@@ -7,7 +7,7 @@ most recent training items strictly before it (DESIGN.md, prepared folder).
 
 `item_features(prepared, embeddings=..., catalog=..., attributes=...)` lines up the frozen
 image embeddings and categorical catalog attributes (`read_catalog`) with the prepared
-item_index order.
+item_index order; `attribute_codes` codes a new product's attribute values the same way.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from twotower.files import DataError
 from twotower.towers import PAD, ItemFeatures
 from twotower.vectors import Vectors
 
-__all__ = ["TrainingRows", "item_features", "load_training", "read_catalog"]
+__all__ = ["TrainingRows", "attribute_codes", "item_features", "load_training", "read_catalog"]
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def item_features(
                             value=str(embeddings.ids[0]) if len(embeddings.ids) else None)
         images = np.where(has_image[:, None], embeddings.vectors[np.maximum(rows, 0)], 0.0)
         images = images.astype(np.float32)
-    codes = {}
+    codes, vocabularies = {}, {}
     if attributes:
         if catalog is None:
             raise ValueError(f"attributes {list(attributes)} need a catalog table")
@@ -160,13 +160,23 @@ def item_features(
         table = catalog.assign(item_id=catalog["item_id"].astype(str)).drop_duplicates("item_id")
         table = table.set_index("item_id").reindex(ids)
         for name in attributes:
-            column = table[name]
-            values = np.sort(column.dropna().astype(str).unique())
-            coded = np.searchsorted(values, column.fillna("").astype(str).to_numpy()) + 1
-            known = column.notna().to_numpy()
-            codes[name] = np.where(known, coded, 0).astype(np.int64)
+            vocabularies[name] = np.sort(table[name].dropna().astype(str).unique())
+            codes[name] = attribute_codes(table[name], vocabularies[name])
     return ItemFeatures(warm=warm, images=images, has_image=has_image, attributes=codes,
-                        ids=np.asarray(ids, dtype=str))
+                        ids=np.asarray(ids, dtype=str), vocabularies=vocabularies)
+
+
+def attribute_codes(values: Sequence[object] | pd.Series, vocabulary: np.ndarray) -> np.ndarray:
+    """(N,) int64 codes of one attribute's values: 1 + the value's place in `vocabulary` (its
+    sorted known values, as `item_features` builds them), 0 for a null or a value outside it,
+    the unknown row of the attribute's embedding."""
+    text = pd.Series(values, dtype=object)
+    known = text.notna().to_numpy()
+    text = text.fillna("").astype(str).to_numpy()
+    place = np.searchsorted(vocabulary, text)
+    found = place < len(vocabulary)
+    found[found] = vocabulary[place[found]] == text[found]
+    return np.where(known & found, place + 1, 0).astype(np.int64)
 
 
 def read_catalog(path: str | os.PathLike[str], attributes: Sequence[str]) -> pd.DataFrame:

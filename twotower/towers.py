@@ -116,6 +116,9 @@ class ItemFeatures:
     """Attribute name → (I,) int codes in 0..cardinality-1 (0 may stand for unknown)."""
     ids: np.ndarray | None = None
     """(I,) str item_id of each row, when known: what exported item vectors are keyed by."""
+    vocabularies: Mapping[str, np.ndarray] = field(default_factory=dict)
+    """Attribute name → its known values, sorted: code c ≥ 1 stands for vocabularies[name][c - 1]
+    (`twotower.inputs.attribute_codes` codes a new product's values with it); may be empty."""
 
     def __post_init__(self) -> None:
         n = len(self.warm)
@@ -251,6 +254,58 @@ class ItemTower(nn.Module):
         """(B,) item indices → (B, d) unit item vectors."""
         return self.both(items)[0]
 
+    @torch.no_grad()
+    def append(self, items: ItemFeatures) -> None:
+        """Add rows after the current I items for products the tower was built without.
+
+        They are cold, as `fit(new_products=True)` makes the products without interactions it
+        appends: `forward` gives them their content vector and a history may hold them. Like
+        those products' rows they get id embedding rows that are never read (a cold id is the
+        unknown row). `items` must have the tower's inputs: image embeddings of its width when
+        it reads them, its attributes in its order with codes its tables have. `truncate`
+        takes them off again.
+        """
+        if np.any(items.warm):
+            raise ValueError("appended items must be cold (warm False): they have no trained id")
+        if (items.images is None) != (self.image_projection is None):
+            raise ValueError("the tower reads image embeddings" if items.images is None
+                             else "the tower reads no image embeddings; give none")
+        if items.images is not None and items.images.shape[1] != self.images.shape[1]:
+            raise ValueError(f"image embeddings must have width {self.images.shape[1]}, got "
+                             f"{items.images.shape[1]}")
+        if list(items.attributes) != self.attribute_names:
+            raise ValueError(f"the tower reads attributes {self.attribute_names}, got "
+                             f"{list(items.attributes)}")
+        for (name, codes), table in zip(items.attributes.items(), self.attributes, strict=True):
+            if len(codes) and codes.max() >= table.num_embeddings:
+                raise ValueError(f"attribute {name!r} code {codes.max()} is past its "
+                                 f"{table.num_embeddings} embedding rows")
+        device = self.warm.device
+        new = {"warm": items.warm.astype(bool)}
+        if items.images is not None:
+            new.update(images=np.ascontiguousarray(items.images, np.float32),
+                       has_image=np.asarray(items.has_image, bool))
+        new.update({f"attr_{name}": codes.astype(np.int64)
+                    for name, codes in items.attributes.items()})
+        for name, rows in new.items():
+            setattr(self, name, torch.cat([getattr(self, name),
+                                           torch.from_numpy(rows).to(device)]))
+        if self.ids is not None:
+            weight = self.ids.weight
+            self.ids.weight = nn.Parameter(torch.cat([weight, weight.new_zeros(
+                len(items), weight.shape[1])]), requires_grad=weight.requires_grad)
+            self.ids.num_embeddings = weight.shape[0] + len(items)
+
+    @torch.no_grad()
+    def truncate(self, count: int) -> None:
+        """Keep the first `count` items only: undo `append`."""
+        for name, _ in list(self.named_buffers(recurse=False)):
+            setattr(self, name, getattr(self, name)[:count])
+        if self.ids is not None:
+            self.ids.weight = nn.Parameter(self.ids.weight[:count + 1],
+                                           requires_grad=self.ids.weight.requires_grad)
+            self.ids.num_embeddings = count + 1
+
 
 class UserTower(nn.Module):
     """(user index, padded history) → unit user vectors (B, d), reading the item features."""
@@ -336,6 +391,41 @@ class TwoTower(nn.Module):
         (None: torch's global generator)."""
         users = self.user_tower(batch["user_index"], batch["history"], generator)
         return users, *self.item_tower.both(batch["item_index"], generator)
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Tensor], config: TowerConfig, *,
+                        item_ids: np.ndarray | None = None,
+                        attributes: Sequence[str] = ()) -> TwoTower:
+        """The model whose `state_dict()` is `state`, rebuilt from it alone: the item features
+        are its buffers (warm flags, image embeddings, attribute codes), so a saved state needs
+        only its tower config, the item ids and the item attributes' names in their order."""
+        def array(key: str) -> np.ndarray:
+            return state[key].cpu().numpy()
+
+        images = "item_tower.images" in state
+        items = ItemFeatures(
+            warm=array("item_tower.warm"),
+            images=array("item_tower.images") if images else None,
+            has_image=array("item_tower.has_image") if images else None,
+            attributes={name: array(f"item_tower.attr_{name}") for name in attributes},
+            ids=item_ids)
+        model = cls(array("user_tower.warm"), items, config)
+        model.load_state_dict(state)
+        return model
+
+    def append_items(self, items: ItemFeatures) -> None:
+        """Add cold items after the current ones (`ItemTower.append`), with their ids."""
+        if (self.item_ids is None) != (items.ids is None):
+            raise ValueError("give the new items' ids exactly when the model knows its items'")
+        self.item_tower.append(items)
+        if items.ids is not None:
+            self.item_ids = np.concatenate([self.item_ids, np.asarray(items.ids, str)])
+
+    def truncate_items(self, count: int) -> None:
+        """Keep the first `count` items only: undo `append_items`."""
+        self.item_tower.truncate(count)
+        if self.item_ids is not None:
+            self.item_ids = self.item_ids[:count]
 
     @torch.no_grad()
     def item_vectors(self, batch_size: int = 8192) -> Tensor:
