@@ -51,6 +51,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "train_two_tower": ("pipelines.train_two_tower", "TrainTwoTowerConfig"),
     "build_index": ("pipelines.build_index", "BuildIndexConfig"),
     "evaluate_retrieval": ("pipelines.evaluate_retrieval", "EvaluateRetrievalConfig"),
+    "recommend": ("pipelines.recommend", "RecommendConfig"),
     "figures": ("pipelines.figures", "FiguresConfig"),
     "demo": ("pipelines.demo", "DemoConfig"),
     "tune": ("pipelines.tune", "TuneConfig"),

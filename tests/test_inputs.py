@@ -9,7 +9,7 @@ import pytest
 
 from twotower.data import PrepareConfig, prepare
 from twotower.files import DataError
-from twotower.inputs import item_features, load_training, read_catalog
+from twotower.inputs import attribute_codes, item_features, load_training, read_catalog
 from twotower.towers import PAD
 from twotower.vectors import Vectors
 
@@ -65,6 +65,10 @@ def test_item_features_align_embeddings_and_attributes_with_item_index(prepared)
     codes = {None: 0, "blue": 1, "red": 2}  # 0: absent or null; then sorted values
     assert features.attributes["colour"].tolist() == [codes[colour.get(i)] for i in ids]
     assert features.warm.tolist() == (items["count"] > 0).to_list()
+    # The vocabulary codes a new product's values the same way; an unseen one is unknown.
+    assert features.vocabularies["colour"].tolist() == ["blue", "red"]
+    assert attribute_codes(["red", None, "green", "blue"],
+                           features.vocabularies["colour"]).tolist() == [2, 0, 0, 1]
 
 
 def test_bad_inputs_name_what_is_wrong(prepared, tmp_path):

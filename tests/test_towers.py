@@ -204,3 +204,52 @@ def test_bad_configurations_are_refused():
                  TowerConfig(item_id=False))
     with pytest.raises(ValueError, match="attribute 'c' must be"):
         ItemFeatures(warm=np.ones(3, bool), attributes={"c": np.array([0.5, 1.0, 2.0])})
+
+
+def test_appended_items_are_the_cold_rows_a_model_built_with_them_has():
+    """A model built on the first 10 items, given the last 2 by `append_items`, gives every
+    item and user the vectors of the same weights built on all 12, whose last 2 are cold; and
+    `truncate_items` takes them off again. `from_state_dict` rebuilds either from its state."""
+    config = VARIANTS["everything"][0]
+    whole = _features()
+    whole.ids = np.array([f"i{i}" for i in range(ITEMS)])
+    head = ItemFeatures(warm=whole.warm[:10], images=whole.images[:10],
+                        has_image=whole.has_image[:10],
+                        attributes={k: v[:10] for k, v in whole.attributes.items()},
+                        ids=whole.ids[:10])
+    tail = ItemFeatures(warm=whole.warm[10:], images=whole.images[10:],
+                        has_image=whole.has_image[10:],
+                        attributes={k: v[10:] for k, v in whole.attributes.items()},
+                        ids=whole.ids[10:])
+    torch.manual_seed(0)
+    full = TwoTower(np.ones(U, bool), whole, config).eval()
+    grown = TwoTower(np.ones(U, bool), head, config).eval()
+    per_item = ("warm", "images", "has_image", "attr_category", "attr_brand", "ids.weight")
+    grown.load_state_dict({k: v for k, v in full.state_dict().items()
+                           if k.partition("item_tower.")[2] not in per_item}, strict=False)
+    grown.item_tower.ids.weight.data.copy_(full.item_tower.ids.weight[:11])
+    grown.append_items(tail)
+
+    assert grown.item_ids.tolist() == whole.ids.tolist()
+    torch.testing.assert_close(grown.item_vectors(), full.item_vectors())
+    batch = _batch()
+    torch.testing.assert_close(grown.user_vectors(batch["user_index"], batch["history"]),
+                               full.user_vectors(batch["user_index"], batch["history"]))
+    rebuilt = TwoTower.from_state_dict(grown.state_dict(), config, item_ids=grown.item_ids,
+                                       attributes=["category", "brand"]).eval()
+    torch.testing.assert_close(rebuilt.item_vectors(), full.item_vectors())
+    grown.truncate_items(10)
+    assert len(grown.item_ids) == 10 and grown.item_tower.ids.weight.shape[0] == 11
+    torch.testing.assert_close(grown.item_vectors(), full.item_vectors()[:10])
+    with pytest.raises(ValueError, match="appended items must be cold"):
+        grown.append_items(ItemFeatures(warm=np.ones(1, bool), images=whole.images[:1],
+                                        attributes={k: v[:1] for k, v in whole.attributes.items()},
+                                        ids=np.array(["x"])))
+    with pytest.raises(ValueError, match=r"reads attributes \['category', 'brand'\]"):
+        grown.append_items(ItemFeatures(warm=np.zeros(1, bool), images=whole.images[:1],
+                                        ids=np.array(["x"])))
+    with pytest.raises(ValueError, match="'brand' code 9 is past its 5 embedding rows"):
+        grown.append_items(ItemFeatures(warm=np.zeros(1, bool), images=whole.images[:1],
+                                        attributes={"category": np.array([1]),
+                                                    "brand": np.array([9])},
+                                        ids=np.array(["x"])))

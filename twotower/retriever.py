@@ -369,7 +369,7 @@ class Retriever:
                 raise ValueError(f"embeddings must be ({len(ids)}, {width}), one h per product "
                                  f"of the width the tower was trained on; got {h.shape}")
             if not np.isfinite(h).all():
-                raise ValueError(f"the embedding of {ids[~np.isfinite(h).all(1)][0]!r} is not "
+                raise ValueError(f"the embedding of {str(ids[~np.isfinite(h).all(1)][0])!r} is not "
                                  "finite")
         elif images is not None or embeddings is not None:
             raise ValueError("this model's item tower reads no image embeddings: give no images "
@@ -397,7 +397,7 @@ class Retriever:
         ids = np.asarray(list(item_ids)).astype(str)
         absent = ids[~np.isin(ids, self.index.ids)]
         if absent.size:
-            raise ValueError(f"{absent[0]!r} is not in the live index")
+            raise ValueError(f"{str(absent[0])!r} is not in the live index")
         keep = self.index.ids[~np.isin(self.index.ids, ids)]
         if not keep.size:
             raise ValueError("removing every product would leave an empty index")
@@ -412,12 +412,12 @@ class Retriever:
             raise ValueError("no item_ids to add")
         unique, counts = np.unique(ids, return_counts=True)
         if (counts > 1).any():
-            raise ValueError(f"item_ids repeats {unique[counts > 1][0]!r}")
+            raise ValueError(f"item_ids repeats {str(unique[counts > 1][0])!r}")
         known = ids[self._item_rows.get_indexer(ids) >= 0]
         if known.size:
             where = "in the live index" if known[0] in self._live else "known to the model " \
                 "(removed from the index; a removed product cannot be added again)"
-            raise ValueError(f"product {known[0]!r} is already {where}")
+            raise ValueError(f"product {str(known[0])!r} is already {where}")
         return ids
 
     def _encode(self, images: torch.Tensor | np.ndarray, n: int) -> np.ndarray:

@@ -289,7 +289,7 @@ class ItemTower(nn.Module):
                     for name, codes in items.attributes.items()})
         for name, rows in new.items():
             setattr(self, name, torch.cat([getattr(self, name),
-                                           torch.from_numpy(rows).to(device)]))
+                                           torch.tensor(rows, device=device)]))
         if self.ids is not None:
             weight = self.ids.weight
             self.ids.weight = nn.Parameter(torch.cat([weight, weight.new_zeros(
