@@ -7,7 +7,11 @@ Reads a vectors Parquet (`item_id`, `embedding`: what `train_two_tower` exports,
 embeddings of `embed_catalog`), builds the index (flat, ivf, ivfpq or hnsw; the GPU index when
 faiss sees a GPU) and saves it to `<run_dir>/build_index/<name>/` with its id map and metadata.
 The run's params are the config, its metrics the build time, count and dimension, and its
-artifact the index metadata.
+artifact the index metadata. An index of a trained model's item vectors (those of
+`<run_dir>/train_two_tower/<name>/`) makes a retriever: the run also logs it as an MLflow model,
+`runs:/<run_id>/retriever` (`pipelines.retriever`, with the SimCLR encoder of the model's
+embeddings), registered as `twotower-<name>` when the tracking store has a model registry (the
+run folder's SQLite store has one), ready for `mlflow models serve`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import check_folder_name, parse_config, save_config
-from pipelines.tracking import stage_run
+from pipelines.retriever import ARTIFACT, log_retriever
+from pipelines.tracking import has_registry, stage_run
 from twotower.index import KINDS, ItemIndex
 from twotower.vectors import read_vectors
 
@@ -58,6 +63,11 @@ class BuildIndexConfig:
         return Path(self.run_dir) / STAGE / self.name
 
     @property
+    def model_vectors(self) -> Path:
+        """The item vectors of the trained model of this name: an index of them is a retriever."""
+        return Path(self.run_dir) / "train_two_tower" / self.name / "item_vectors.parquet"
+
+    @property
     def inputs(self) -> tuple[str | Path, ...]:
         """The files and folders this stage reads: `pipelines.stages` redoes it when one changes."""
         return (self.vectors,)
@@ -76,9 +86,14 @@ def run(cfg: BuildIndexConfig) -> dict[str, Any]:
         save_config(cfg, cfg.out_dir / "config.json")
         tracker.log({"build_seconds": seconds, "items": len(index), "dim": index.dim}, step=0)
         tracker.artifact(cfg.out_dir / "meta.json", folder=f"index/{cfg.name}")
-        return {"index": str(cfg.out_dir), "kind": index.kind, "engine": index.engine,
-                "params": index.params, "items": len(index), "dim": index.dim,
-                "build_seconds": round(seconds, 3), "run_id": tracker.run_id}
+        summary = {"index": str(cfg.out_dir), "kind": index.kind, "engine": index.engine,
+                   "params": index.params, "items": len(index), "dim": index.dim,
+                   "build_seconds": round(seconds, 3), "run_id": tracker.run_id}
+        if cfg.model_vectors.is_file() and cfg.model_vectors.samefile(cfg.vectors):
+            log_retriever(cfg.run_dir, name=cfg.name, artifact_path=ARTIFACT,
+                          registered_model_name=f"twotower-{cfg.name}" if has_registry() else None)
+            summary["retriever"] = f"runs:/{tracker.run_id}/{ARTIFACT}"
+        return summary
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -17,9 +17,12 @@ _EXPORTS = {
     "SimCLRAugment": "augment",
     "resize_view": "augment",
     "ImageSet": "data",
+    "conform_images": "data",
     "find_fashion_mnist": "data",
     "load_images": "data",
+    "FrozenEncoder": "embed",
     "embed_catalog": "embed",
+    "image_encoder": "embed",
     "ResNet": "encoder",
     "build_encoder": "encoder",
     "augmentation_probe": "evaluate",
@@ -40,8 +43,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
 # ruff: noqa: F401
 if TYPE_CHECKING:
     from simclr_vision.augment import SimCLRAugment, resize_view
-    from simclr_vision.data import ImageSet, find_fashion_mnist, load_images
-    from simclr_vision.embed import embed_catalog
+    from simclr_vision.data import ImageSet, conform_images, find_fashion_mnist, load_images
+    from simclr_vision.embed import FrozenEncoder, embed_catalog, image_encoder
     from simclr_vision.encoder import ResNet, build_encoder
     from simclr_vision.evaluate import augmentation_probe, knn_accuracy, linear_probe
     from simclr_vision.model import SimCLR, build_simclr, encode_images

@@ -52,6 +52,7 @@ __all__ = [
     "FASHION_MNIST_SAMPLE",
     "IMAGE_SUFFIXES",
     "ImageSet",
+    "conform_images",
     "find_fashion_mnist",
     "load_catalog",
     "load_folder",
@@ -740,8 +741,25 @@ def _has_idx(folder: Path, split: str) -> bool:
 
 
 def _conform(images: ImageSet, *, channels: int | None, size: int | None) -> ImageSet:
-    """An array ImageSet converted to `channels` and resized to size×size, in blocks."""
-    n, c, h, w = images.images.shape
+    """An array ImageSet converted to `channels` and resized to size×size (`conform_images`)."""
+    return replace(images, images=conform_images(images.images, channels=channels, size=size))
+
+
+def conform_images(images: Tensor, *, channels: int | None = None,
+                   size: int | None = None) -> Tensor:
+    """uint8 (N, C, H, W) → uint8 (N, channels, size, size) on the CPU, in blocks.
+
+    Channels by repetition or ITU-R 601 luma (like PIL's "L"), size by antialiased bilinear
+    resizing (on the shop's photos within a grey level of PIL's, which resizes files); `None` keeps
+    the images' channels or size. Images that already conform are returned as they are. What
+    arrays (idx, npz) go through on loading, and what the frozen encoder
+    (`simclr_vision.embed.image_encoder`) does to the photos of new products.
+    """
+    ImageSet(images)  # uint8 (N, C, H, W), or a ValueError saying what it is instead
+    n, c, h, w = images.shape
+    if c not in _MODES:
+        raise ValueError(f"images must have 1 (gray) or 3 (RGB) channels, got shape "
+                         f"{tuple(images.shape)}")
     channels = _check_options(channels, size, default=c)
     if channels == c and (size is None or (h, w) == (size, size)):
         return images
@@ -749,7 +767,7 @@ def _conform(images: ImageSet, *, channels: int | None, size: int | None) -> Ima
     out = torch.empty((n, channels, *out_hw), dtype=torch.uint8)
     luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     for start in range(0, n, _RESIZE_CHUNK):
-        block = images.images[start : start + _RESIZE_CHUNK].float()  # (b, c, h, w)
+        block = images[start : start + _RESIZE_CHUNK].cpu().float()  # (b, c, h, w)
         if channels == 1 and c == 3:
             block = (block * luma).sum(1, keepdim=True)
         elif channels == 3 and c == 1:
@@ -757,4 +775,4 @@ def _conform(images: ImageSet, *, channels: int | None, size: int | None) -> Ima
         if out_hw != (h, w):
             block = F.interpolate(block, size=out_hw, mode="bilinear", antialias=True)
         out[start : start + _RESIZE_CHUNK] = block.round().clamp(0, 255).to(torch.uint8)
-    return replace(images, images=out)
+    return out

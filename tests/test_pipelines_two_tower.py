@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ from pipelines.build_index import run as build_index
 from pipelines.config import parse_config
 from pipelines.evaluate_retrieval import EvaluateRetrievalConfig
 from pipelines.evaluate_retrieval import run as evaluate_retrieval
+from pipelines.retriever import load_retriever
 from pipelines.tracking import tracking_uri
 from pipelines.train_two_tower import TrainTwoTowerConfig, run
 from twotower.data import PrepareConfig, prepare
@@ -114,6 +116,12 @@ def test_exported_vectors_feed_build_index_and_evaluate_retrieval(shop, tmp_path
     table = pd.read_csv(run_dir / "evaluate_retrieval" / "metrics.csv")
     assert set(table["scorer"]) == {"two_tower", "popularity"}
     assert 0.0 <= summary["metrics"]["two_tower"]["recall@20"] <= 1.0
+    # The index of a trained model is a retriever, logged beside it; an id-only one has no
+    # image encoder to carry.
+    mlflow.set_tracking_uri(tracking_uri(run_dir))
+    retriever = load_retriever(index["retriever"])
+    assert retriever.image_encoder is None
+    assert list(retriever.item_ids) == list(read_vectors(out["items"]).ids)
 
 
 def test_a_catalog_without_the_attribute_column_is_named_and_nothing_is_written(shop, tmp_path):
