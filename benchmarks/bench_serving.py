@@ -88,7 +88,7 @@ from benchmarks.bench_index import (
 )
 from benchmarks.machine import cpu_model
 from benchmarks.tables import print_tables
-from pipelines import demo, recommend
+from pipelines import recommend
 from pipelines.retriever import log_retriever
 from pipelines.runtime import set_threads
 from twotower import retriever as retriever_module
@@ -247,10 +247,11 @@ class ServeRow:
 
 
 def small_demo(folder: Path) -> Path:
-    """A demo run at SMALL_DEMO's size in `folder`: its image model is what is served."""
+    """A demo run at SMALL_DEMO's size in `folder`, in a subprocess (its MLflow state and
+    memory stay there); its image model is what is served."""
     progress(f"making a small demo run in {folder} (give --run-dir to serve a finished one)")
-    with contextlib.redirect_stdout(sys.stderr):
-        demo.main(["--run-dir", str(folder), *SMALL_DEMO])
+    subprocess.run([sys.executable, "-m", "pipelines.demo", "--run-dir", str(folder),
+                    *SMALL_DEMO], stdout=sys.stderr, check=True, cwd=ROOT)
     return folder
 
 
@@ -431,6 +432,7 @@ def logged_model(saved: Path, store: Path) -> str:
     """The saved retriever logged as an MLflow model (`log_retriever`) to a SQLite store in
     `store`, which becomes the tracking URI; the model's runs:/ URI."""
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    mlflow.set_experiment("bench_serving")
     with mlflow.start_run():
         return log_retriever(saved)
 
