@@ -137,6 +137,7 @@ class Retriever:
         self.image_encoder = image_encoder
         self._users = users
         self._user_rows = pd.Index(users.ids)
+        self._warm_users = users.warm  # (U,) once: every chunk of queries reads it
         self._counts = counts  # (I,) training rows per item row of the model, 0 for new ones
         self._vocabularies = dict(vocabularies)
         self._image_size = image_size  # side of the images the image encoder takes, if known
@@ -299,7 +300,7 @@ class Retriever:
         n = len(users)
         rows = self._user_rows.get_indexer(users) if by_id else np.full(n, -1)
         known = rows >= 0
-        known[known] = self._users.warm[rows[known]]
+        known[known] = self._warm_users[rows[known]]
         given = ([None] * n if histories is None
                  else [self._history_rows(h, offset + i) for i, h in enumerate(histories)])
         source = np.where(known, "user", np.where([h is not None for h in given], "history",
