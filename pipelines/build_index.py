@@ -10,8 +10,8 @@ The run's params are the config, its metrics the build time, count and dimension
 artifact the index metadata. An index of a trained model's item vectors (those of
 `<run_dir>/train_two_tower/<name>/`) makes a retriever: the run also logs it as an MLflow model,
 `runs:/<run_id>/retriever` (`pipelines.retriever`, with the SimCLR encoder of the model's
-embeddings), registered as `twotower-<name>` when the tracking store has a model registry (the
-run folder's SQLite store has one), ready for `mlflow models serve`.
+embeddings), registered as `twotower-<name>` (`--no-register` does not), ready for
+`mlflow models serve`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 from pipelines.config import check_folder_name, parse_config, save_config
 from pipelines.retriever import ARTIFACT, log_retriever
-from pipelines.tracking import has_registry, stage_run
+from pipelines.tracking import stage_run
 from twotower.index import KINDS, ItemIndex
 from twotower.vectors import read_vectors
 
@@ -52,6 +52,10 @@ class BuildIndexConfig:
     """L2-normalize item vectors and queries, so scores are cosine similarities."""
     device: str = "auto"
     """auto (faiss GPU index, or exact torch search on a GPU, when present), cpu or cuda."""
+    register: bool = True
+    """Register the retriever an index of a trained model makes as `twotower-<name>`, a new
+    version each build (the tracking store needs a model registry, as a database or a tracking
+    server has); it is logged to the run either way."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -91,7 +95,7 @@ def run(cfg: BuildIndexConfig) -> dict[str, Any]:
                    "build_seconds": round(seconds, 3), "run_id": tracker.run_id}
         if cfg.model_vectors.is_file() and cfg.model_vectors.samefile(cfg.vectors):
             log_retriever(cfg.run_dir, name=cfg.name, artifact_path=ARTIFACT,
-                          registered_model_name=f"twotower-{cfg.name}" if has_registry() else None)
+                          registered_model_name=f"twotower-{cfg.name}" if cfg.register else None)
             summary["retriever"] = f"runs:/{tracker.run_id}/{ARTIFACT}"
         return summary
 

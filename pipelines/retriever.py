@@ -63,9 +63,10 @@ def load_retriever(source: str | os.PathLike[str], *, name: str | None = None,
     source: a pipeline run folder (`name` picks the model, as in `Retriever.load`), a folder
     written by `save_retriever`, or an MLflow model URI such as `runs:/<run_id>/retriever` or
     `models:/<name>/<version>`, downloaded with `mlflow.artifacts` (to MLflow's temporary
-    folder) from the current tracking URI. When the item tower reads image embeddings, the
-    SimCLR encoder that made them is attached as the retriever's `image_encoder`, so
-    `add_items(images=...)` works; a retriever without it is `twotower.Retriever.load`'s.
+    folder) from the current tracking URI. When the item tower reads image embeddings made by
+    a SimCLR checkpoint (their metadata names it), that encoder is attached as the retriever's
+    `image_encoder`, so `add_items(images=...)` works; a retriever without it is
+    `twotower.Retriever.load`'s.
     """
     if isinstance(source, str) and _URI.match(source):
         if name is not None:
@@ -75,15 +76,15 @@ def load_retriever(source: str | os.PathLike[str], *, name: str | None = None,
     folder = Path(source)
     retriever = Retriever.load(folder, name=name, device=device)
     if retriever.model.item_tower.image_projection is not None:
-        retriever.image_encoder = _encoder(folder, retriever, device)
+        retriever.image_encoder = _encoder(folder, retriever, device)  # None: h from elsewhere
     return retriever
 
 
 def save_retriever(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
                    name: str | None = None) -> Path:
     """Write the retriever of `source` (a run or saved folder) to `out`, atomically, with what
-    its encoder needs: `Retriever.save`'s files, and `image_encoder/` (the SimCLR checkpoint and
-    the embeddings' metadata) when the item tower reads image embeddings."""
+    its encoder needs: `Retriever.save`'s files, and `image_encoder/` (the embeddings' metadata
+    and the SimCLR checkpoint it names) when the item tower reads image embeddings."""
     return _save(load_retriever(source, name=name), Path(source), Path(out))
 
 
@@ -117,6 +118,9 @@ class RetrieverModel(mlflow.pyfunc.PythonModel):
     it replaces the stored history), or both; `k` in a row overrides the request's `k` param.
     The output is `Recommendations.to_frame()` of every row in input order, k rows each:
     user_id ("" for a history-only row), rank, item_id, score, source.
+
+    The model's pickle holds no code, only the name of this class, so it serves where this
+    project is installed (`mlflow models serve --env-manager local` in its environment).
     """
 
     retriever: Retriever
@@ -206,11 +210,12 @@ def _save(retriever: Retriever, source: Path, out: Path) -> Path:
     """`save_retriever` of a retriever `load_retriever` loaded from `source`."""
     with atomic_path(out) as tmp:
         retriever.save(tmp)
-        if retriever.image_encoder is not None:
+        if retriever.model.item_tower.image_projection is not None:
             checkpoint, metadata = _encoder_files(source, retriever)
             (tmp / ENCODER).mkdir()
-            shutil.copyfile(checkpoint, tmp / ENCODER / "checkpoint.pt")
             (tmp / ENCODER / "embeddings.json").write_text(json.dumps(metadata, indent=2) + "\n")
+            if checkpoint is not None:
+                shutil.copyfile(checkpoint, tmp / ENCODER / "checkpoint.pt")
     return out
 
 
@@ -224,36 +229,44 @@ def _downloaded(uri: str) -> Path:
     return local / artifacts[ARTIFACT]["path"]
 
 
-def _encoder(folder: Path, retriever: Retriever, device: str) -> FrozenEncoder:
-    """The SimCLR encoder that made the h the retriever's item tower reads."""
+def _encoder(folder: Path, retriever: Retriever, device: str) -> FrozenEncoder | None:
+    """The SimCLR encoder that made the h the retriever's item tower reads; None when the
+    embeddings name no checkpoint (h computed elsewhere: new products then come with their h)."""
     checkpoint, metadata = _encoder_files(folder, retriever)
+    if checkpoint is None:
+        return None
     return image_encoder(checkpoint, normalize=bool(metadata.get("normalized")), device=device)
 
 
-def _encoder_files(folder: Path, retriever: Retriever) -> tuple[Path, dict[str, Any]]:
-    """(SimCLR checkpoint, embeddings metadata) of a saved folder, or of a run folder's model.
+def _encoder_files(folder: Path, retriever: Retriever) -> tuple[Path | None, dict[str, Any]]:
+    """(SimCLR checkpoint or None, embeddings metadata) of a saved folder or a run's model.
 
     A saved folder carries both in `image_encoder/`. In a run folder they are found from the
     index: its source is the model's item vectors, whose metadata names the embeddings the model
-    was trained with, whose metadata names the checkpoint and the normalization.
+    was trained with, whose metadata names the checkpoint (if SimCLR made them) and the
+    normalization.
     """
     saved = folder / ENCODER
     if saved.is_dir():
-        return saved / "checkpoint.pt", json.loads((saved / "embeddings.json").read_text())
+        checkpoint = saved / "checkpoint.pt"
+        metadata = json.loads((saved / "embeddings.json").read_text())
+        return (checkpoint if checkpoint.is_file() else None), metadata
     vectors = retriever.index.source
     if not vectors or not Path(vectors).is_file():
         raise DataError(f"the item tower reads image embeddings, but this folder has no "
                         f"{ENCODER}/ (save_retriever writes one) and the item vectors its index "
-                        f"was built from are gone ({vectors!r}): nothing names the SimCLR "
-                        "encoder that photos need", path=folder)
+                        f"was built from are gone ({vectors!r}): nothing says which encoder "
+                        "made the embeddings", path=folder)
     embeddings = read_vectors(vectors).metadata.get("embeddings")
     if not embeddings:
         raise DataError("the item tower reads image embeddings, but the model's item vectors "
                         "name none (metadata 'embeddings')", path=vectors)
     metadata = read_vectors(embeddings).metadata
-    checkpoint = Path(metadata.get("checkpoint") or "")
+    if "checkpoint" not in metadata:
+        return None, metadata
+    checkpoint = Path(metadata["checkpoint"])
     if not checkpoint.is_file():
         raise DataError(f"the SimCLR checkpoint these embeddings were made with is missing "
-                        f"({metadata.get('checkpoint')!r}): without it photos cannot be encoded",
+                        f"({metadata['checkpoint']}): without it photos cannot be encoded",
                         path=embeddings)
     return checkpoint, metadata

@@ -19,7 +19,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -27,8 +26,7 @@ from mlflow.tracking import MlflowClient
 from pipelines.lock import hold
 from twotower.files import clear_leftovers
 
-__all__ = ["StageRun", "flat_params", "has_registry", "mark_killed", "stage_run",
-           "tracking_uri"]
+__all__ = ["StageRun", "flat_params", "mark_killed", "stage_run", "tracking_uri"]
 
 EXPERIMENT = "twotower"
 RUN_DIR_TAG = "twotower.run_dir"
@@ -51,12 +49,6 @@ def _user_uri() -> str | None:
 def tracking_uri(run_dir: str | os.PathLike[str]) -> str:
     """`MLFLOW_TRACKING_URI` if the user set it, else a SQLite store at `<run_dir>/mlflow.db`."""
     return _user_uri() or f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
-
-
-def has_registry() -> bool:
-    """Whether the current registry URI has a model registry: a database or a tracking server
-    does, a plain folder of runs (`file:` or a path) does not."""
-    return urlparse(mlflow.get_registry_uri()).scheme not in ("", "file")
 
 
 def flat_params(config: Any, prefix: str = "") -> dict[str, str]:

@@ -108,7 +108,7 @@ def test_exported_vectors_feed_build_index_and_evaluate_retrieval(shop, tmp_path
                               name="ids", device="cpu", train=TRAIN)
     out = run(cfg)["vectors"]
     index = build_index(BuildIndexConfig(vectors=out["items"], run_dir=str(run_dir),
-                                         name="ids", device="cpu"))
+                                         name="ids", device="cpu", register=False))
     summary = evaluate_retrieval(EvaluateRetrievalConfig(
         run_dir=str(run_dir), prepared=str(shop / "run" / "prepare"), ks=(10, 20),
         models={"two_tower": index["index"]}, user_vectors={"two_tower": out["test"]},
@@ -116,9 +116,10 @@ def test_exported_vectors_feed_build_index_and_evaluate_retrieval(shop, tmp_path
     table = pd.read_csv(run_dir / "evaluate_retrieval" / "metrics.csv")
     assert set(table["scorer"]) == {"two_tower", "popularity"}
     assert 0.0 <= summary["metrics"]["two_tower"]["recall@20"] <= 1.0
-    # The index of a trained model is a retriever, logged beside it; an id-only one has no
-    # image encoder to carry.
+    # The index of a trained model is a retriever, logged beside it (not registered: asked so);
+    # an id-only one has no image encoder to carry.
     mlflow.set_tracking_uri(tracking_uri(run_dir))
+    assert MlflowClient().search_registered_models() == []
     retriever = load_retriever(index["retriever"])
     assert retriever.image_encoder is None
     assert list(retriever.item_ids) == list(read_vectors(out["items"]).ids)

@@ -12,6 +12,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -147,6 +149,18 @@ def test_a_bare_saved_folder_finds_its_encoder_through_the_run_or_says_what_is_m
         load_retriever(shop[1]["retriever"], name="image")
 
 
+def test_embeddings_made_elsewhere_give_a_retriever_without_an_encoder(two_tower_run, tmp_path):
+    """h not from a SimCLR checkpoint (the embeddings' metadata names none): the retriever
+    serves without an image encoder, from the run folder and from its saved folder."""
+    for source in (two_tower_run / "run", save_retriever(two_tower_run / "run",
+                                                         tmp_path / "saved")):
+        retriever = load_retriever(source)
+        assert retriever.image_encoder is None
+        assert retriever.recommend(histories=[list(retriever.item_ids[:2])], k=3).source[0] == (
+            "history")
+    assert not (tmp_path / "saved" / "image_encoder" / "checkpoint.pt").exists()
+
+
 def test_predict_answers_each_row_in_order_with_its_own_k(shop, tracking):
     run_dir, built, _ = shop
     model = mlflow.pyfunc.load_model(built["retriever"])
@@ -183,6 +197,53 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextmanager
+def mlflow_models_serve(model_uri: str, tracking: str, log: Path) -> Iterator[str]:
+    """`mlflow models serve` of `model_uri` in a subprocess, as a user would start it; yields
+    its URL once /ping answers, and stops it, uvicorn included, whatever happens."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(ROOT),
+           # the CLI starts `uvicorn` by name: it must find this interpreter's
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
+             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while not _answers(f"{url}/ping"):
+                assert server.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.5)
+            yield url
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)  # its own session: the CLI and its uvicorn
+            server.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while _alive(server.pid):  # uvicorn outlives the CLI by a moment
+        assert time.monotonic() < deadline, "the server's uvicorn did not stop"
+        time.sleep(0.2)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _alive(group: int) -> bool:
+    """Whether any process of the process group `group` is left."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def post(url: str, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -195,42 +256,18 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 
 def test_mlflow_models_serve_answers_as_the_retriever(shop, tmp_path):
     run_dir, built, _ = shop
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(run_dir), "PYTHONPATH": str(ROOT),
-           # the CLI starts `uvicorn` by name: it must find this interpreter's
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", built["retriever"],
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(0.5)
-        retriever = load_retriever(run_dir)
-        users, histories = queries(run_dir, retriever)
+    retriever = load_retriever(run_dir)
+    users, histories = queries(run_dir, retriever)
+    expected = pd.concat([retriever.recommend([users[1]], k=5).to_frame(),
+                          retriever.recommend(histories=[histories[3]], k=5).to_frame()],
+                         ignore_index=True)
+    with mlflow_models_serve(built["retriever"], tracking_uri(run_dir),
+                             tmp_path / "server.log") as url:
         status, body = post(f"{url}/invocations", {
             "dataframe_records": [{"user_id": users[1]}, {"history": histories[3]}],
             "params": {"k": 5}})
         assert status == 200, body
-        expected = pd.concat([retriever.recommend([users[1]], k=5).to_frame(),
-                              retriever.recommend(histories=[histories[3]], k=5).to_frame()],
-                             ignore_index=True)
-        got = pd.DataFrame(body["predictions"])
-        pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+        pd.testing.assert_frame_equal(pd.DataFrame(body["predictions"]), expected,
+                                      check_dtype=False)  # JSON: int64 ranks, float64 scores
         status, body = post(f"{url}/invocations", {"dataframe_records": [{"k": 3}]})
         assert status == 400 and "row 0 has neither a user_id nor a history" in body["message"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the CLI and the uvicorn it started
-        server.wait(timeout=30)
-        log.close()
