@@ -37,11 +37,11 @@ call, users/s over the median of --repeats calls after a warm-up call on --warmu
 which are this one's over in-process recommend's (the overhead).
 
 --threads N sets torch's and faiss's CPU threads as `twotower --threads N` does
-(`pipelines.runtime.set_threads`), numpy's BLAS threads to the same N (threadpoolctl), and
-OMP_NUM_THREADS of the subprocesses; without it every library keeps its default. The header
-reports them.
+(`pipelines.runtime.set_threads`, in the stage's subprocesses too), numpy's BLAS threads to
+the same N (threadpoolctl), and the server's OMP_NUM_THREADS; without it every library keeps
+its default. The header reports them.
 
-    python benchmarks/bench_serving.py --markdown                      # everything, ~40 min
+    python benchmarks/bench_serving.py --markdown                      # everything, ~25 min
     python benchmarks/bench_serving.py --parts index --sizes 10000 --single 200  # quick
     python benchmarks/bench_serving.py --parts retriever http --retriever-size 20000 \\
         --memory-users 50000 --single 200                                # quick
