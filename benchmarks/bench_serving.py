@@ -37,11 +37,11 @@ call, users/s over the median of --repeats calls after a warm-up call on --warmu
 which are this one's over in-process recommend's (the overhead).
 
 --threads N sets torch's and faiss's CPU threads as `twotower --threads N` does
-(`pipelines.runtime.set_threads`), numpy's BLAS threads to the same N (threadpoolctl), and
-OMP_NUM_THREADS of the subprocesses; without it every library keeps its default. The header
-reports them.
+(`pipelines.runtime.set_threads`, in the stage's subprocesses too), numpy's BLAS threads to
+the same N (threadpoolctl), and the server's OMP_NUM_THREADS; without it every library keeps
+its default. The header reports them.
 
-    python benchmarks/bench_serving.py --markdown                      # everything, ~40 min
+    python benchmarks/bench_serving.py --markdown                      # everything, ~25 min
     python benchmarks/bench_serving.py --parts index --sizes 10000 --single 200  # quick
     python benchmarks/bench_serving.py --parts retriever http --retriever-size 20000 \\
         --memory-users 50000 --single 200                                # quick
@@ -162,7 +162,8 @@ def numpy_top_k(items: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 # Measurement.
 
 
-def one_query_ms(search: Search, queries: np.ndarray, warmup: int) -> tuple[float, float]:
+def one_query_ms(search: Callable[[np.ndarray], object], queries: np.ndarray,
+                 warmup: int) -> tuple[float, float]:
     """(p50, p99) milliseconds of `search` on one query at a time, after `warmup` untimed."""
     for row in range(min(warmup, len(queries))):
         search(queries[row:row + 1])
@@ -350,9 +351,10 @@ def breakdown(retriever: Retriever, calls: Sequence[np.ndarray], k: int) -> dict
 def measure_retriever(retriever: Retriever, kind: str, users: np.ndarray,
                       exact: np.ndarray | None, args: argparse.Namespace) -> tuple[ServeRow,
                                                                                    np.ndarray]:
-    """One-user latency, batch throughput and their breakdowns; the batch's item rows.
+    """One-user latency, batch throughput and their breakdowns; the batch's answer as (Q, k)
+    codes of the sorted product ids.
 
-    exact: flat's (Q, k) item rows of the batch, None when this is flat.
+    exact: flat's answer in those codes, None when this is flat.
     """
     single, batch = cycled(users, 0, args.single), cycled(users, args.single, args.users)
     progress(f"recommend from {kind}: {len(single)} single users, then {len(batch):,} at once")
@@ -362,7 +364,8 @@ def measure_retriever(retriever: Retriever, kind: str, users: np.ndarray,
 
     p50, p99 = one_query_ms(serve, single, args.warmup)
     rate, found = batch_run(serve, batch, args.warmup, args.repeats)
-    rows = pd.Index(retriever.item_ids).get_indexer(found.ravel()).reshape(found.shape)
+    vocabulary = pd.Index(np.sort(retriever.item_ids))  # the same codes for every kind
+    rows = vocabulary.get_indexer(found.ravel()).reshape(found.shape)
     params = " ".join(f"{k}={v}" for k, v in retriever.index.params.items()) or "-"
     row = ServeRow(kind, params, p50, p99, rate,
                    1.0 if exact is None else recall_at_k(rows, exact),
@@ -501,7 +504,7 @@ def measure_http(saved: Path, kind: str, users: np.ndarray, tmp: Path,
     retriever = Retriever.load(saved)
     uri = logged_model(saved, tmp)
     model = mlflow.pyfunc.load_model(uri)
-    ways: list[tuple[str, Search]] = [
+    ways: list[tuple[str, Callable[[np.ndarray], object]]] = [
         ("Retriever.recommend", lambda u: retriever.recommend(user_ids=u, k=args.k).item_ids),
         ("pyfunc predict", lambda u: model.predict(pd.DataFrame({"user_id": u}),
                                                    params={"k": args.k})),
