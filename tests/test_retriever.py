@@ -12,6 +12,7 @@ import torch
 
 from twotower.evaluate import VectorScorer, load_queries
 from twotower.files import DataError
+from twotower.index import ItemIndex, default_params
 from twotower.retriever import FORMAT_VERSION, Retriever
 from twotower.vectors import read_vectors
 
@@ -302,3 +303,18 @@ def test_folders_that_are_not_a_retriever_are_named(shop, tmp_path):
         Retriever.load(tmp_path)
     with pytest.raises(DataError, match=r"no trained model 'ids' here \(models: \['image'\]\)"):
         Retriever.load(shop / "run", name="ids")
+
+
+def test_an_index_on_default_settings_chooses_them_again_for_its_new_size(shop):
+    """ivf's nlist and nprobe follow the catalog size: after products leave (or join), an
+    index that was on its defaults gets the defaults of its new size, not the old ones."""
+    retriever = Retriever.load(shop / "run")
+    vectors = retriever.model.item_vectors().float().numpy()
+    rows = retriever._item_rows.get_indexer(retriever.index.ids)
+    retriever.index = ItemIndex.build(vectors[rows], retriever.index.ids, "ivf", device="cpu")
+    before = len(retriever.index)
+    retriever.remove_items(list(retriever.index.ids[: before // 2]))
+    after = retriever.index
+    assert len(after) == before - before // 2
+    assert after.params == default_params("ivf", len(after), after.dim)
+    assert after.params != default_params("ivf", before, after.dim)

@@ -52,7 +52,7 @@ import torch
 
 from twotower.export import encode_users
 from twotower.files import DataError, atomic_path
-from twotower.index import ItemIndex
+from twotower.index import ItemIndex, default_params
 from twotower.inputs import attribute_codes, item_features, load_training, read_catalog
 from twotower.towers import ItemFeatures, TowerConfig, TwoTower
 from twotower.vectors import read_vectors
@@ -465,9 +465,12 @@ class Retriever:
         """An index like the current one over the model's item rows `rows`."""
         vectors = self.model.item_vectors().float().cpu().numpy()[rows]
         index = self.index
+        params = index.params  # defaults chosen for the old size are chosen again for the new
+        if params == default_params(index.kind, len(index), index.dim):
+            params = {}
         return ItemIndex.build(vectors, self.model.item_ids[rows], index.kind,
                                device=self._device, normalize=index.normalized,
-                               source=index.source, **index.params)
+                               source=index.source, **params)
 
     def _set_index(self, index: ItemIndex) -> None:
         """Serve from `index`; its ids must be items of the model, its vectors of its size."""
