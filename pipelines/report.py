@@ -9,7 +9,8 @@ per scorer, slice, metric and k) and writes, atomically each:
                       then recall@k per slice (warm / cold items, head / tail by popularity),
                       with intervals likewise; the cold-start table (`cold_start`) at every k;
                       and ANN recall
-    recall_at_k.png   recall@k against k, one line per scorer, one panel per slice
+    recall_at_k.png   recall@k against k, one line per scorer with its 95% bootstrap band,
+                      one panel per slice, each on its own scale (`curves`)
     ndcg_at_k.png     the same for NDCG@k
 """
 
@@ -21,10 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no display or global figure state needed
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from twotower.files import atomic_path
 
-__all__ = ["cold_start", "headline", "markdown", "plot_curves", "write_report"]
+__all__ = ["cold_start", "curves", "headline", "markdown", "plot_curves", "write_report"]
 
 _SUMMARY_METRICS = ("recall", "recall_capped", "ndcg", "hit_rate", "mrr", "coverage")
 
@@ -111,32 +114,73 @@ def _interval(value: float, lo: float, hi: float, digits: int) -> str | float:
     return f"{value:.{digits}f} ({lo:.{digits}f}\N{EN DASH}{hi:.{digits}f})"
 
 
-def plot_curves(table: pd.DataFrame, metric: str, path: str | os.PathLike[str]) -> Path:
-    """`metric`@k against k: one panel per slice, one line per scorer; written atomically."""
+_SLICE_NOTES = {
+    "all": "every target",
+    "warm": "products with training interactions",
+    "cold": "products without a training interaction",
+    "head": "the most popular warm products",
+    "tail": "the other warm products",
+}
+"""What each item slice of `twotower.evaluate.item_slices` holds, for the panel titles."""
+
+
+def curves(table: pd.DataFrame, metric: str) -> Figure:
+    """`metric`@k against k: one panel per item slice, one line per scorer, each with its 95%
+    bootstrap band over users where the table has one (`low`, `high`).
+
+    Every panel has its own y scale from 0: cold and tail values are a tenth of the others, and
+    on a shared scale they would lie flat on the axis. The legend takes a cell of its own in the
+    grid of panels (three across), so it hides no curve.
+    """
     rows = table[table["metric"] == metric]
     slices = list(pd.unique(rows["slice"]))
     if not slices:
         raise ValueError(f"the table has no {metric!r} rows to plot")
-    fig = Figure(figsize=(3.4 * len(slices), 3.4))
-    axes = fig.subplots(1, len(slices), sharey=True, squeeze=False)
-    for ax, slice_name in zip(axes[0], slices, strict=True):
+    colour = {s: f"C{i % 10}" for i, s in enumerate(pd.unique(rows["scorer"]))}
+    bands = {"low", "high"} <= set(rows.columns) and rows[["low", "high"]].notna().any(axis=None)
+    across = min(3, len(slices) + 1)
+    down = -(-(len(slices) + 1) // across)
+    fig = Figure(figsize=(3.6 * across, 3.1 * down), layout="constrained")
+    axes = fig.subplots(down, across, squeeze=False).ravel()
+    for ax, slice_name in zip(axes, slices, strict=False):
         part = rows[rows["slice"] == slice_name]
         for scorer, curve in part.groupby("scorer", sort=False):
             curve = curve.sort_values("k")
-            ax.plot(curve["k"], curve["value"], marker="o", label=scorer)
-        users = int(part["users"].max())
-        ax.set_title(f"{slice_name} ({users:,} users)")
+            ax.plot(curve["k"], curve["value"], marker="o", markersize=3, color=colour[scorer],
+                    clip_on=False)  # a scorer at 0 shows on the axis, not half under it
+            if bands:
+                known = curve[["low", "high"]].notna().all(axis=1)
+                ax.fill_between(curve["k"][known], curve["low"][known], curve["high"][known],
+                                color=colour[scorer], alpha=0.15, linewidth=0)
+        ks = sorted(part["k"].unique())
         ax.set_xscale("log")
-        ax.set_xticks(sorted(part["k"].unique()), labels=map(str, sorted(part["k"].unique())))
+        ax.set_xticks(ks, labels=map(str, ks))
+        ax.minorticks_off()
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{slice_name}: {_SLICE_NOTES.get(slice_name, 'items')}\n"
+                     f"({int(part['users'].max()):,} users with such a target)", fontsize=9)
         ax.set_xlabel("k")
+        ax.set_ylabel(f"{metric}@k")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"{metric}@k")
-    axes[0][-1].legend(fontsize="small")
-    fig.suptitle(f"{metric}@k per scorer and item slice")
-    fig.tight_layout()
+    key, *spare = axes[len(slices):]
+    key.axis("off")
+    for ax in spare:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=c, marker="o", markersize=3) for c in colour.values()]
+    labels = list(colour)
+    if bands:
+        handles.append(Patch(color="grey", alpha=0.3, linewidth=0))
+        labels.append("95% bootstrap interval\nover users")
+    key.legend(handles, labels, loc="center", title="scorer", frameon=False)
+    fig.suptitle(f"{metric}@k per item slice: the mean over users (each panel its own scale)")
+    return fig
+
+
+def plot_curves(table: pd.DataFrame, metric: str, path: str | os.PathLike[str]) -> Path:
+    """`curves(table, metric)` written to `path` as PNG, atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        curves(table, metric).savefig(tmp, format="png", dpi=110)
     return path
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+from matplotlib.collections import PolyCollection
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -16,7 +17,7 @@ from pipelines.build_index import run as build_index
 from pipelines.config import ConfigError, parse_config
 from pipelines.evaluate_retrieval import EvaluateRetrievalConfig
 from pipelines.evaluate_retrieval import run as evaluate_retrieval
-from pipelines.report import cold_start, markdown, write_report
+from pipelines.report import cold_start, curves, markdown, write_report
 from pipelines.tracking import tracking_uri
 from twotower.data import PrepareConfig, prepare
 from twotower.evaluate import load_queries
@@ -230,3 +231,46 @@ def test_the_cold_start_table_puts_warm_and_cold_recall_side_by_side(tmp_path):
 def test_markdown_rounds_floats_and_keeps_the_index():
     frame = pd.DataFrame({"x": [1.0 / 3.0], "n": [7]}, index=pd.Index(["row"], name="name"))
     assert markdown(frame, digits=2) == "| name | x | n |\n|---|---:|---:|\n| row | 0.33 | 7 |"
+
+
+def _curve_table(with_intervals: bool = True) -> pd.DataFrame:
+    """Two scorers' recall on `all` (about 0.4) and on `cold` (about 0.01), at k = 10, 20, 50;
+    each value ± 10% as its interval."""
+    rows = [(scorer, slice_name, "recall", k, level * k / 50 + shift, 30 if slice_name == "all"
+             else 6) for scorer, shift in (("a", 0.0), ("b", 0.002))
+            for slice_name, level in (("all", 0.4), ("cold", 0.01)) for k in (10, 20, 50)]
+    table = pd.DataFrame(rows, columns=["scorer", "slice", "metric", "k", "value", "users"])
+    if with_intervals:
+        table["low"], table["high"] = 0.9 * table["value"], 1.1 * table["value"]
+    return table
+
+
+def test_each_slice_panel_has_its_own_scale_from_zero_and_a_band_per_scorer():
+    fig = curves(_curve_table(), "recall")
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.lines]
+    assert [ax.get_title().split(":")[0] for ax in panels] == ["all", "cold"]
+    assert "(30 users with such a target)" in panels[0].get_title()
+    assert "(6 users with such a target)" in panels[1].get_title()
+    (low_all, top_all), (low_cold, top_cold) = (ax.get_ylim() for ax in panels)
+    assert low_all == low_cold == 0
+    assert 0.44 <= top_all < 0.6 and 0.011 <= top_cold < 0.02  # the cold curve fills its panel
+    for ax in panels:
+        assert len(ax.lines) == 2  # one line per scorer
+        assert sum(isinstance(c, PolyCollection) for c in ax.collections) == 2  # and its band
+
+
+def test_the_legend_has_a_cell_of_its_own_and_names_every_scorer():
+    fig = curves(_curve_table(), "recall")
+    keys = [ax for ax in fig.axes if ax.get_legend() is not None]
+    assert len(keys) == 1 and not keys[0].lines and not keys[0].collections  # hides no data
+    labels = [t.get_text() for t in keys[0].get_legend().get_texts()]
+    assert labels[:2] == ["a", "b"] and "95% bootstrap interval" in labels[2]
+
+
+def test_curves_without_intervals_draw_lines_only():
+    fig = curves(_curve_table(with_intervals=False), "recall")
+    assert not any(ax.collections for ax in fig.axes)
+    legend = next(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)
+    assert [t.get_text() for t in legend.get_texts()] == ["a", "b"]
+    with pytest.raises(ValueError, match="no 'ndcg' rows"):
+        curves(_curve_table(), "ndcg")
