@@ -15,8 +15,9 @@ Stages, each in `<run_dir>/<stage>/` and each a nested MLflow run under one `dem
     train_two_tower     two models: id_only (item ids) and image (item ids + image h)
     build_index         a FAISS index of each model's item vectors
     evaluate_retrieval  both models beside popularity, EASE and image-kNN on the test users
-    figures             products beside their image-h neighbours; users' histories beside
-                        what the image model retrieves for them; cold products beside the
+    figures             products beside their image-h neighbours; the test users at the
+                        50th, 75th and 90th percentile of the image model's recall@10, each
+                        beside what both models retrieve for them; cold products beside the
                         users they were retrieved for
 
 It ends by printing the probe, the results table and the cold-start table (warm and cold
@@ -152,8 +153,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                 embeddings=embedded["embeddings"], device=cfg.device),
             evaluate_retrieval.run)
         drawn = stages("figures", run_dir / figures.STAGE, figures.FiguresConfig(
-            catalog=shop["catalog"], embeddings=embedded["embeddings"], index=indexes["image"],
-            user_vectors=user_vectors["image"], run_dir=cfg.run_dir,
+            catalog=shop["catalog"], embeddings=embedded["embeddings"], models=indexes,
+            user_vectors=user_vectors, select_by="image", run_dir=cfg.run_dir,
             prepared=prepared["folder"]), figures.run)
         table = pd.read_csv(Path(evaluated["report"]).with_name("metrics.csv"))
         results = headline(table, cfg.report_k)

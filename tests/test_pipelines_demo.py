@@ -7,6 +7,7 @@ the checkout (no ../shared)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import mlflow
 import pandas as pd
@@ -57,6 +58,9 @@ def test_demo_runs_every_stage_and_reports(finished, capsys):
     assert {p.split("/")[-1] for p in out["plots"]} >= {"image_neighbours.png",
                                                          "user_retrievals.png",
                                                          "cold_retrievals.png"}
+    drawn = json.loads((run_dir / "figures" / "done.json").read_text())["config"]
+    assert list(drawn["models"]) == list(drawn["user_vectors"]) == ["id_only", "image"]
+    assert drawn["select_by"] == "image"  # both models side by side, users picked by image's
 
 
 def test_the_products_are_the_shipped_photos_and_the_demo_says_what_h_knows(finished, capsys):
