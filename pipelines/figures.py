@@ -204,7 +204,7 @@ def user_retrievals(images: np.ndarray, ids: np.ndarray, queries: EvalQueries,
     model of `retrieved` with its top k, labelled with the model's name and hits.
 
     retrieved: model name → (U, k) item ids ranked for `queries`' users, every model the same
-    k. A test target is framed green, a product without interaction before the split (cold:
+    k. A test target is framed green, a product without a training interaction (cold:
     `item_counts == 0`) tagged "new" in orange; a legend says so. headings: one line per user
     (default their user_id); caption: the figure's title (which models, which users).
     """
