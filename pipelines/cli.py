@@ -227,7 +227,7 @@ def _run(argv: list[str]) -> None:
     tokens = stage_argv(stage, getattr(module, class_name), config, settings)
     if threads is not None:
         set_threads(threads)
-    if "-h" in rest or "--help" in rest:  # its how-to and options, under its own name
+    if "-h" in rest or "--help" in rest:  # its how-to and options, under its name; exits
         parse_config(getattr(module, class_name), ["--help"], prog=f"twotower {stage}",
                      description=module.__doc__ or "")
     module.main(tokens + rest)
