@@ -80,7 +80,7 @@ class BuildIndexConfig:
 def run(cfg: BuildIndexConfig) -> dict[str, Any]:
     """Build the index and save it; return its folder, kind, engine, size and build time."""
     vectors = read_vectors(cfg.vectors)
-    with stage_run(STAGE, cfg, cfg.run_dir) as tracker:
+    with stage_run(f"{STAGE}/{cfg.name}", cfg, cfg.run_dir) as tracker:  # run and folder
         start = time.perf_counter()
         index = ItemIndex.build(vectors.vectors, vectors.ids, cfg.kind, device=cfg.device,
                                 normalize=cfg.normalize, source=str(Path(cfg.vectors).resolve()),

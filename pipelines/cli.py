@@ -1,4 +1,7 @@
-"""`twotower STAGE [--config FILE.toml] [--set KEY=VALUE ...] [--threads N] [--debug] [OPTIONS]`
+"""usage: twotower STAGE [--config FILE.toml] [--set KEY=VALUE ...] [--threads N] [--debug] ...
+
+Runs one stage of the pipeline, or the whole demo; `twotower STAGE --help` says what the stage
+does and lists its options.
 
     twotower demo
     twotower demo --config configs/fashion_mnist.toml
@@ -8,11 +11,11 @@
 A config file is TOML. Its top-level keys `run_dir` and `device` go to every stage that has
 such a field; a table named after a stage (`[prepare]`, `[train_two_tower.train]`) holds that
 stage's own settings, nested as its config dataclass is. `--set train.epochs=5` overrides one
-setting, and any stage option (`--train.epochs 5`, see `twotower STAGE --help`) may follow;
-later ones win. Each stage's config class says what every option does. A stage whose config
-nests another stage's (`tune` has a `train_two_tower` config as `base`) fills it from that
-stage's table and the shared keys first, so `twotower tune --config configs/movielens.toml`
-tunes the model that file trains; its own table (`[tune.base.train]`) comes after.
+setting, and any stage option (`--train.epochs 5`, spelled out in full) may follow; later ones
+win. Each stage's config class says what every option does. A stage whose config nests another
+stage's (`tune` has a `train_two_tower` config as `base`) fills it from that stage's table and
+the shared keys first, so `twotower tune --config configs/movielens.toml` tunes the model that
+file trains; its own table (`[tune.base.train]`) comes after.
 
 `--threads N` sets torch's (and FAISS's) CPU threads; on a busy or shared machine a run's
 share of the cores beats the default of one thread per core. An expected error (bad
@@ -22,8 +25,10 @@ and exits with status 2; `--debug` shows its traceback instead.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
+import importlib.util
 import shlex
 import sys
 import typing
@@ -36,7 +41,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from pipelines.config import ConfigError
+from pipelines.config import ConfigError, parse_config
 from pipelines.runtime import set_threads
 from twotower.files import DataError
 
@@ -193,8 +198,22 @@ def _threads(argv: list[str]) -> tuple[int | None, list[str]]:
     return threads, rest
 
 
-def _usage() -> str:
-    return (__doc__ or "").split("\n\n")[0].strip() + "\n\nstages: " + ", ".join(STAGES)
+def _summary(stage: str) -> str:
+    """The first line of the stage's config class docstring, read from its source: importing
+    every stage (torch, MLflow, FAISS) would make `twotower --help` take seconds."""
+    module, name = STAGES[stage]
+    source = Path(importlib.util.find_spec(module).origin).read_text()
+    (cls,) = [node for node in ast.parse(source).body
+              if isinstance(node, ast.ClassDef) and node.name == name]
+    return (ast.get_docstring(cls) or "").split("\n")[0].replace(f" (stage `{stage}`)", "")
+
+
+def _help() -> str:
+    """`twotower --help`: this module's docstring, with the stages after its examples."""
+    usage, about, examples, *rest = (__doc__ or "").strip().split("\n\n")
+    width = max(map(len, STAGES))
+    stages = "stages:\n" + "\n".join(f"  {stage:<{width}}  {_summary(stage)}" for stage in STAGES)
+    return "\n\n".join([usage, about, examples, stages, *rest])
 
 
 def _run(argv: list[str]) -> None:
@@ -208,6 +227,9 @@ def _run(argv: list[str]) -> None:
     tokens = stage_argv(stage, getattr(module, class_name), config, settings)
     if threads is not None:
         set_threads(threads)
+    if "-h" in rest or "--help" in rest:  # its how-to and options, under its name; exits
+        parse_config(getattr(module, class_name), ["--help"], prog=f"twotower {stage}",
+                     description=module.__doc__ or "")
     module.main(tokens + rest)
 
 
@@ -219,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
+        print(_help())
         return
     debug = "--debug" in argv
     try:

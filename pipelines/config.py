@@ -2,7 +2,9 @@
 
 Every stage script describes itself with one config dataclass; `parse_config` turns its fields
 (nested dataclasses included, as `--pretrain.epochs 5`) into command-line options, with the
-field's docstring as the help text, so no stage writes argparse code of its own.
+field's docstring as the help text, so no stage writes argparse code of its own. Options are
+spelled out in full (a prefix such as `--train.epoch` is refused, with the option it may mean):
+a prefix that works today would mean another option, or none, once a field is added.
 `save_config` writes the resolved config beside a stage's outputs.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import difflib
 import inspect
 import itertools
 import json
@@ -28,8 +31,15 @@ __all__ = ["ConfigError", "check_folder_name", "parse_config", "resolve_device",
 
 T = TypeVar("T")
 
-COMMON = ("every stage also takes --config FILE.toml, --set KEY=VALUE, --threads N (torch's "
-          "CPU threads; 1 is often fastest on a busy machine) and --debug (tracebacks)")
+COMMON_USAGE = "[--config FILE.toml] [--set KEY=VALUE ...] [--threads N] [--debug]"
+COMMON_HELP = """\
+every stage also takes, read by `twotower` before the stage's own options:
+  --config FILE.toml  its settings from a TOML file (`twotower --help` says how)
+  --set KEY=VALUE     one setting, e.g. --set train.epochs=5; may repeat; wins over the file
+  --threads N         torch's and FAISS's CPU threads; 1 is often fastest on a busy machine
+  --debug             an error's traceback instead of its one line"""
+"""The options `pipelines.cli` takes out before a stage parses its own, in the stage's usage
+line and at the top of its help."""
 
 
 class ConfigError(ValueError):
@@ -42,17 +52,37 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
         raise ConfigError(f"{message} (see --help)")
 
+    def parse_args(self, args: Sequence[str] | None = None,
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        """As argparse, but an unknown option comes with the option it most likely meant."""
+        known, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            options = list(self._option_string_actions)  # argparse keeps no public list
+            meant = [match for token in unknown if token.startswith("-")
+                     for match in difflib.get_close_matches(token.partition("=")[0], options, 1)]
+            hint = f"; did you mean {', '.join(meant)}?" if meant else " (see --help)"
+            raise ConfigError(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+        return known
 
-def parse_config(cls: type[T], argv: Sequence[str] | None = None, *, description: str = "") -> T:
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help; the description's lines as written (a stage's
+    how-to: its examples, the table of common options)."""
+
+
+def parse_config(cls: type[T], argv: Sequence[str] | None = None, *, description: str = "",
+                 prog: str | None = None) -> T:
     """Build `cls` from command-line arguments: one option per (nested) field.
 
-    `--help` prints and exits; anything else that does not fit raises `ConfigError`.
+    `--help` prints `description` (default: the class docstring) and the options, under `prog`
+    (`pipelines.cli` passes `twotower STAGE` and the stage module's docstring), and exits;
+    anything else that does not fit raises `ConfigError`.
     """
-    parser = _Parser(
-        description=description or (cls.__doc__ or "").strip(),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=COMMON,
-    )
-    _add_fields(parser, cls, prefix="")
+    parser = _Parser(prog=prog, allow_abbrev=False, formatter_class=_Formatter,
+                     description=f"{inspect.cleandoc(description or cls.__doc__ or '')}"
+                                 f"\n\n{COMMON_HELP}")
+    required = _add_fields(parser, cls, prefix="")
+    parser.usage = " ".join(["%(prog)s", *required, COMMON_USAGE, "[options]"])
     args = vars(parser.parse_args(argv))
     return _build(cls, args, prefix="")
 
@@ -97,18 +127,21 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str,
-                defaults: Any = None) -> None:
+                defaults: Any = None) -> list[str]:
     """One option per field of `cls`; `defaults`, an instance of it, overrides the class's own
-    defaults (a nested field's default_factory may configure it differently)."""
+    defaults (a nested field's default_factory may configure it differently). Returns the
+    required ones as the usage line shows them (`--source SOURCE`)."""
     hints = typing.get_type_hints(cls)
     docs = _field_docs(cls)
+    required_options = []
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
         name = f"{prefix}{f.name}"
         default = getattr(defaults, f.name) if defaults is not None else _default(f)
         if dataclasses.is_dataclass(kind):
-            _add_fields(parser, kind, prefix=f"{name}.",
-                        defaults=None if default is dataclasses.MISSING else default)
+            required_options += _add_fields(
+                parser, kind, prefix=f"{name}.",
+                defaults=None if default is dataclasses.MISSING else default)
             continue
         option = "--" + name.replace("_", "-")
         try:
@@ -118,6 +151,10 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str,
         required = default is dataclasses.MISSING  # then no "(default: ...)" in --help
         parser.add_argument(option, dest=name, required=required, help=docs.get(f.name, ""),
                             default=argparse.SUPPRESS if required else default, **form)
+        if required:
+            metavar = form.get("metavar", name.upper())
+            required_options.append(f"{option} {metavar}{' ...' if 'nargs' in form else ''}")
+    return required_options
 
 
 def _option_form(kind: Any) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """The end-to-end demo: product retrieval without labels, on a shop the project makes itself.
 
-    python -m pipelines.demo --run-dir runs/demo
-    python -m pipelines.demo --catalog procedural --run-dir runs/procedural
-    python -m pipelines.demo --data-dir ../shared/data/fashion-mnist --run-dir runs/fashion_mnist
+    twotower demo --run-dir runs/demo
+    twotower demo --catalog procedural --run-dir runs/procedural
+    twotower demo --data-dir ../shared/data/fashion-mnist --run-dir runs/fashion_mnist
 
-Stages, each in `<run_dir>/<stage>/` and each a nested MLflow run under one `demo` run:
+Stages, each in `<run_dir>/<stage>/` and each a nested MLflow run under one `demo` run (one
+per model for `train_two_tower/<model>` and `build_index/<model>`):
 
     make_shop           the synthetic shop: product images, shoppers and their interaction log
     pretrain_vision     SimCLR on the product images (narrow ResNet), no labels
@@ -26,7 +27,8 @@ recall with 95% bootstrap intervals over test users); `<run_dir>/evaluate_retrie
 Run it again and every finished stage is skipped; change a setting and the stages that read
 what it changes run again, the others not (a new `--pretrain.*` setting leaves the shop, the
 split and the id_only model alone); stop it and run it again and it resumes the stage it was in
-(`pipelines.stages`).
+(`pipelines.stages`). A run that skips every stage records no MLflow run: the `demo` run opens
+when its first stage runs, and logs the headline metrics and the report at the end.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from pipelines import (
 from pipelines.config import parse_config
 from pipelines.report import cold_start, headline, markdown
 from pipelines.stages import Stages
-from pipelines.tracking import stage_run
+from pipelines.tracking import pipeline_run
 from simclr_vision.pretrain import PretrainConfig
 from twotower.data import PrepareConfig
 from twotower.synthetic import ShopConfig
@@ -65,7 +67,7 @@ MODELS = ("id_only", "image")
 
 @dataclass
 class DemoConfig:
-    """The end-to-end demo (`python -m pipelines.demo`)."""
+    """The end-to-end demo: every stage from make_shop to figures, each skipped once done."""
 
     run_dir: str = "runs/demo"
     """Folder of every stage's outputs and of the MLflow store (mlflow.db)."""
@@ -106,8 +108,8 @@ class DemoConfig:
 def run(cfg: DemoConfig) -> dict[str, Any]:
     """Run every stage not already done; return each stage's summary and the results table."""
     run_dir = Path(cfg.run_dir)
-    stages = Stages()
-    with stage_run("demo", cfg, run_dir) as parent:
+    with pipeline_run("demo", cfg, run_dir) as parent:
+        stages = Stages(before_run=parent.open)
         shop = stages("make_shop", run_dir / make_shop.STAGE, make_shop.MakeShopConfig(
             run_dir=cfg.run_dir, data_dir=cfg.data_dir, shop=cfg.shop,
             images=cfg.catalog),
@@ -158,10 +160,11 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
             prepared=prepared["folder"]), figures.run)
         table = pd.read_csv(Path(evaluated["report"]).with_name("metrics.csv"))
         results = headline(table, cfg.report_k)
-        parent.log({f"{scorer}/{column.replace('@', '_at_').replace(' ', '_')}": value
-                    for scorer, row in results.iterrows()
-                    for column, value in row.items() if pd.notna(value)}, step=0)
-        parent.artifact(evaluated["report"], folder="report")
+        if parent.run is not None:  # a stage ran: its results are news to MLflow
+            parent.run.log({f"{scorer}/{column.replace('@', '_at_').replace(' ', '_')}": value
+                            for scorer, row in results.iterrows()
+                            for column, value in row.items() if pd.notna(value)}, step=0)
+            parent.run.artifact(evaluated["report"], folder="report")
     return {"ran": stages.ran, "skipped": stages.skipped, "report": evaluated["report"],
             "probe": {name.removeprefix("knn_"): value for name, value in probed.items()
                       if name.startswith("knn_")},

@@ -4,7 +4,8 @@
 
 Reads the checkpoint `pretrain_vision` wrote (or `--checkpoint`), encodes every catalog image
 and writes `<run_dir>/embed_catalog/embeddings.parquet` (item_id, embedding, metadata naming
-the checkpoint), which the two-tower model's item tower reads.
+the checkpoint), which the two-tower model's item tower reads; the file is logged to the stage's
+MLflow run too (`embeddings/`).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def run(cfg: EmbedCatalogConfig) -> dict[str, Any]:
                    "dim": meta["dim"], "skipped": len(meta["skipped"])}
         tracker.log({"items": summary["items"], "dim": summary["dim"],
                      "skipped": summary["skipped"]}, step=0)
+        tracker.artifact(out, folder="embeddings")
     return summary
 
 

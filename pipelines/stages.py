@@ -56,11 +56,13 @@ def _record(config: StageConfig) -> dict[str, Any]:
 
 
 class Stages:
-    """Runs stages in order; `ran` and `skipped` name what each call did."""
+    """Runs stages in order; `ran` and `skipped` name what each call did. `before_run()` is
+    called before each stage that runs (the demo opens its MLflow run there)."""
 
-    def __init__(self) -> None:
+    def __init__(self, before_run: Callable[[], object] = lambda: None) -> None:
         self.ran: list[str] = []
         self.skipped: list[str] = []
+        self.before_run = before_run
 
     def __call__(self, label: str, folder: str | Path, config: Config,
                  run: Callable[[Config], dict[str, Any]]) -> dict[str, Any]:
@@ -78,6 +80,7 @@ class Stages:
                 self.skipped.append(label)
                 return saved["summary"]
             shutil.rmtree(folder)
+        self.before_run()
         summary = run(config)
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(done) as tmp:

@@ -1,5 +1,8 @@
 """MLflow tracking for the stage scripts: one run per stage, nested under a pipeline's run.
 
+A pipeline (the demo) opens its own run only when its first stage runs (`pipeline_run`): a
+rerun that skips every finished stage records no run at all.
+
 The packages never import MLflow; their loops take a `log(metrics, step)` callback, and
 `stage_run` hands them one. By default runs go to a SQLite store inside the run folder
 (`<run_dir>/mlflow.db`, artifacts beside it) so a demo leaves nothing outside its folder;
@@ -15,8 +18,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,8 @@ from mlflow.tracking import MlflowClient
 from pipelines.lock import hold
 from twotower.files import clear_leftovers
 
-__all__ = ["StageRun", "flat_params", "mark_killed", "stage_run", "tracking_uri"]
+__all__ = ["PipelineRun", "StageRun", "flat_params", "mark_killed", "pipeline_run", "stage_run",
+           "tracking_uri"]
 
 EXPERIMENT = "twotower"
 RUN_DIR_TAG = "twotower.run_dir"
@@ -80,15 +84,10 @@ class StageRun:
 
 
 @contextmanager
-def stage_run(stage: str, config: Any, run_dir: str | os.PathLike[str],
-              folder: str | os.PathLike[str] | None = None) -> Iterator[StageRun]:
-    """Open the MLflow run of `stage`, with the config as params; nested if a run is active.
-
-    Holds `run_dir`'s lock throughout; clears the leftovers of killed writes in the stage's
-    `folder` (default `<run_dir>/<stage>`) and, on the outermost hold, marks the folder's
-    runs still RUNNING as KILLED: with the lock held, no live process owns them.
-    """
-    run_dir = Path(run_dir)
+def _store(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir`'s lock with MLflow pointed at its store and experiment; on the outermost
+    hold, mark the folder's runs still RUNNING as KILLED: with the lock held, no live process
+    owns them."""
     with hold(run_dir) as outermost:
         local = _user_uri() is None
         uri = tracking_uri(run_dir)
@@ -101,12 +100,51 @@ def stage_run(stage: str, config: Any, run_dir: str | os.PathLike[str],
         experiment = mlflow.set_experiment(EXPERIMENT)
         if outermost:
             mark_killed(experiment.experiment_id, run_dir, every=local)
+        yield
+
+
+@contextmanager
+def stage_run(stage: str, config: Any, run_dir: str | os.PathLike[str],
+              folder: str | os.PathLike[str] | None = None) -> Iterator[StageRun]:
+    """Open the MLflow run named `stage`, with the config as params; nested if a run is active.
+
+    Holds `run_dir`'s lock throughout; clears the leftovers of killed writes in the stage's
+    `folder` (default `<run_dir>/<stage>`: `train_two_tower/image` names the run of one model
+    and its folder) and, on the outermost hold, marks the folder's runs still RUNNING as KILLED.
+    """
+    run_dir = Path(run_dir)
+    with _store(run_dir):
         clear_leftovers(run_dir / stage if folder is None else folder)
         nested = mlflow.active_run() is not None
         with mlflow.start_run(run_name=stage, nested=nested,
                               tags={RUN_DIR_TAG: str(run_dir.resolve())}) as run:
             mlflow.log_params(flat_params(config))
             yield StageRun(run.info.run_id)
+
+
+class PipelineRun:
+    """A pipeline's MLflow run, started by `open` (before its first stage that runs) rather
+    than up front; `run` is None while no stage has run."""
+
+    def __init__(self, start: Callable[[], StageRun]) -> None:
+        self._start = start
+        self.run: StageRun | None = None
+
+    def open(self) -> StageRun:
+        """The pipeline's run, started on the first call: the stages' runs nest under it."""
+        if self.run is None:
+            self.run = self._start()
+        return self.run
+
+
+@contextmanager
+def pipeline_run(name: str, config: Any,
+                 run_dir: str | os.PathLike[str]) -> Iterator[PipelineRun]:
+    """Hold `run_dir`'s lock for a pipeline of stages, whose MLflow run `name` (the config as
+    params) starts on `open()` and ends with the block, FAILED if the block raises."""
+    run_dir = Path(run_dir)
+    with _store(run_dir), ExitStack() as stack:
+        yield PipelineRun(lambda: stack.enter_context(stage_run(name, config, run_dir)))
 
 
 def mark_killed(experiment_id: str, run_dir: Path, *, every: bool) -> list[str]:

@@ -91,7 +91,8 @@ def run(cfg: TrainTwoTowerConfig) -> dict[str, Any]:
         cfg = dataclasses.replace(cfg, train=train_cfg)
         embeddings = read_vectors(cfg.embeddings) if cfg.embeddings else None
         catalog = read_catalog(cfg.catalog, cfg.attributes) if cfg.attributes else None
-        tracking = stage_run(STAGE, cfg, cfg.run_dir) if is_main() else contextlib.nullcontext()
+        tracking = (stage_run(f"{STAGE}/{cfg.name}", cfg, cfg.run_dir) if is_main()  # its folder
+                    else contextlib.nullcontext())
         with tracking as tracker:
             result = fit(cfg.prepared_dir, cfg.train, embeddings=embeddings, catalog=catalog,
                          attributes=cfg.attributes, new_products=cfg.new_products,

@@ -48,7 +48,6 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 import typing
 import warnings
@@ -475,9 +474,6 @@ def _summary(cfg: TuneConfig, study: optuna.Study, files: Mapping[str, Path],
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "-h" in argv or "--help" in argv:
-        print(__doc__)  # the how-to, before argparse's list of options
     print(json.dumps(run(parse_config(TuneConfig, argv)), indent=2))
 
 

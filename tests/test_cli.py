@@ -96,8 +96,15 @@ def test_a_missing_config_file_is_named(tmp_path):
 
 
 def test_usage_help_and_unknown_stages(capsys):
+    cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: twotower STAGE [--config FILE.toml] [--set KEY=VALUE ...]")
+    assert "\n    twotower demo --config configs/fashion_mnist.toml\n" in out  # the examples
+    assert "\n  make_shop           Generate the synthetic shop.\n" in out  # a line per stage
+    assert all(f"\n  {stage} " in out for stage in cli.STAGES)
+    assert "A config file is TOML." in out and "--debug` shows its traceback" in out
     cli.main([])
-    assert "stages: make_shop, prepare" in capsys.readouterr().out
+    assert capsys.readouterr().out == out
     with pytest.raises(SystemExit) as exit_:
         cli.main(["trian"])
     assert exit_.value.code == 2
@@ -106,8 +113,14 @@ def test_usage_help_and_unknown_stages(capsys):
         cli.main(["demo", "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
+    assert out.splitlines()[0] == ("usage: twotower demo [--config FILE.toml] [--set KEY=VALUE "
+                                   "...] [--threads N] [--debug] [options]")
+    assert "\n  --config FILE.toml  " in out and "\n  --set KEY=VALUE     " in out
     assert "--train.epochs" in out and "Most passes over the training split" in out
     assert "--threads N" in out and "--debug" in out
+    with pytest.raises(SystemExit):
+        cli.main(["prepare", "-h"])
+    assert capsys.readouterr().out.startswith("usage: twotower prepare --source SOURCE [--config")
     with pytest.raises(SystemExit) as exit_:
         cli.main(["demo", "--config", "bad.toml"])
     assert exit_.value.code == 2
@@ -120,6 +133,8 @@ def test_usage_help_and_unknown_stages(capsys):
      "nowhere.parquet: no such file or folder"),
     (["prepare", "--sauce", "x"], "the following arguments are required: --source"),
     (["demo", "--train.epochs", "many"], "argument --train.epochs: invalid int value: 'many'"),
+    (["demo", "--train.epoch", "5"],
+     "twotower: error: unrecognized arguments: --train.epoch 5; did you mean --train.epochs?\n"),
     (["demo", "--set", "train.epochz=3"], "TrainConfig has no setting 'epochz'"),
     (["demo", "--threads", "0"], "--threads takes a positive integer, got '0'"),
     (["demo", "--set"], "--set needs a value"),
@@ -147,6 +162,10 @@ def test_module_entry_points_share_the_command_line(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == (
         f"twotower: error: {tmp_path / 'no.csv'}: no such file or folder")
     assert "Traceback" not in done.stderr
+    helped = subprocess.run([sys.executable, "-m", "pipelines.demo", "--help"],
+                            capture_output=True, text=True, env=env,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: twotower demo [--config")
 
 
 def test_threads_sets_torch_threads(monkeypatch):

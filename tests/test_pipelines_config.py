@@ -108,10 +108,30 @@ def test_bad_arguments_name_the_option(argv, message, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--stesp", "5"], "unrecognized arguments: --stesp 5; did you mean --steps?"),
+    (["--inner.rat=0.5"], "unrecognized arguments: --inner.rat=0.5; did you mean --inner.rate?"),
+    (["--no-verbos", "--inner.mode", "fast"],
+     "unrecognized arguments: --no-verbos --inner.mode fast; did you mean --no-verbose, "
+     "--inner.modes?"),
+    (["--frobnicate", "1"], "unrecognized arguments: --frobnicate 1 (see --help)"),
+])
+def test_an_unknown_option_comes_with_the_one_it_likely_meant(argv, message):
+    """A prefix is refused too (`--inner.rat`, `--inner.mode`): it would silently mean another
+    option, or stop working, once a field is added."""
+    with pytest.raises(ConfigError) as err:
+        parse_config(Outer, ["--source", "x", *argv])
+    assert str(err.value) == message
+
+
 def test_help_comes_from_the_field_docstrings(capsys):
     with pytest.raises(SystemExit):
-        parse_config(Outer, ["--help"])
-    text = " ".join(capsys.readouterr().out.split())
+        parse_config(Outer, ["--help"], prog="prog")
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == ("usage: prog --source SOURCE [--config FILE.toml] "
+                                   "[--set KEY=VALUE ...] [--threads N] [--debug] [options]")
+    assert "\n  --set KEY=VALUE     one setting" in out  # the table of what `twotower` reads
+    text = " ".join(out.split())
     assert "Outer settings." in text
     assert "--inner.rate INNER.RATE Learning rate of the inner loop." in text
     assert "--verbose, --no-verbose Print more." in text

@@ -79,10 +79,14 @@ def test_the_products_are_the_shipped_photos_and_the_demo_says_what_h_knows(fini
     assert "kNN accuracy on the products' categories" in printed and "Cold start" in printed
 
 
-def test_running_it_again_skips_every_stage(finished, capsys):
+def test_running_it_again_skips_every_stage_and_records_no_run(finished, capsys):
     run_dir, out = finished
+    client = MlflowClient(tracking_uri(run_dir))
+    experiment = client.get_experiment_by_name("twotower").experiment_id
+    before = client.search_runs([experiment])
     again = demo.main(["--run-dir", str(run_dir), *TINY])
     assert again["ran"] == [] and again["skipped"] == STAGES
+    assert len(client.search_runs([experiment])) == len(before)  # no empty `demo` run
     pd.testing.assert_frame_equal(again["results"], out["results"])
     assert "skipped (already done): make_shop" in capsys.readouterr().out
 
@@ -97,6 +101,11 @@ def test_a_new_simclr_setting_redoes_only_the_stages_that_read_the_image_encoder
                                 "build_index/id_only"]
     kept = ["id_only", "popularity", "ease", "ials"]  # read nothing SimCLR wrote: as before
     pd.testing.assert_frame_equal(again["results"].loc[kept], first["results"].loc[kept])
+    mlflow.set_tracking_uri(tracking_uri(tmp_path))
+    runs = mlflow.search_runs(experiment_names=["twotower"], order_by=["start_time ASC"])
+    parents = runs[runs["tags.mlflow.runName"] == "demo"]["run_id"]
+    children = runs[runs["tags.mlflow.parentRunId"] == parents.iloc[-1]]
+    assert len(parents) == 2 and sorted(children["tags.mlflow.runName"]) == sorted(again["ran"])
 
 
 def test_mlflow_holds_the_parent_and_one_child_per_stage(finished):
@@ -105,14 +114,14 @@ def test_mlflow_holds_the_parent_and_one_child_per_stage(finished):
     runs = mlflow.search_runs(experiment_names=["twotower"], order_by=["start_time ASC"])
     parent = runs[runs["tags.mlflow.runName"] == "demo"].iloc[0]
     children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]]
-    names = [s.split("/")[0] for s in STAGES]
-    assert sorted(children["tags.mlflow.runName"]) == sorted(names)
+    assert sorted(children["tags.mlflow.runName"]) == sorted(STAGES)  # a run per model too
     assert (children["status"] == "FINISHED").all()
     assert parent["params.pretrain.arch"] == "resnet_narrow"
     assert parent["metrics.image/recall_at_10"] == pytest.approx(
         finished[1]["results"].loc["image", "recall@10"])
     client = MlflowClient(tracking_uri(run_dir))
-    train = children[children["tags.mlflow.runName"] == "train_two_tower"]
+    train = children[children["tags.mlflow.runName"].str.startswith("train_two_tower/")]
+    assert len(train) == 2
     assert train["params.train.epochs"].eq("3").all()
     for run_id in train["run_id"]:
         assert len(client.get_metric_history(run_id, "epoch/loss")) == 3
@@ -125,14 +134,11 @@ def test_mlflow_holds_the_parent_and_one_child_per_stage(finished):
 def test_killed_during_training_it_resumes_to_the_same_metrics(finished, tmp_path, monkeypatch):
     run_dir, _ = finished
     log = StageRun.log
-    seen = []
 
-    def interrupt(self, metrics, step):
+    def interrupt(self, metrics, step):  # the image model, after its second epoch
         name = mlflow.active_run().info.run_name
-        if name == "train_two_tower" and "epoch/loss" in metrics and step == 2:
-            seen.append(step)
-            if len(seen) == 2:  # the image model, after its second epoch
-                raise KeyboardInterrupt
+        if name == "train_two_tower/image" and "epoch/loss" in metrics and step == 2:
+            raise KeyboardInterrupt
         log(self, metrics, step)
 
     monkeypatch.setattr(StageRun, "log", interrupt)

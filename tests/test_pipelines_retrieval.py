@@ -65,7 +65,7 @@ def test_build_index_saves_a_loadable_index_and_tracks_it(shop, tmp_path):
     saved = json.loads((tmp_path / "build_index" / "model" / "config.json").read_text())
     assert saved["params"] == {"nlist": 2, "nprobe": 1}
     run = MlflowClient(tracking_uri(tmp_path)).get_run(summary["run_id"])
-    assert run.info.run_name == "build_index" and run.data.params["kind"] == "ivf"
+    assert run.info.run_name == "build_index/model" and run.data.params["kind"] == "ivf"
     assert "retriever" not in summary  # vectors of no trained model: no retriever to log
     assert run.data.metrics["items"] == len(vectors.ids) and run.data.metrics["build_seconds"] > 0
 

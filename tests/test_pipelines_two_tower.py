@@ -69,7 +69,7 @@ def test_stage_trains_exports_and_tracks_the_model(shop, tmp_path):
 
     client = MlflowClient(tracking_uri(run_dir))
     logged = client.get_run(summary["run_id"])
-    assert logged.info.run_name == "train_two_tower"
+    assert logged.info.run_name == "train_two_tower/image"  # one run per model, named so
     assert logged.data.params["train.logq"] == "counts"
     assert logged.data.params["train.tower.dim"] == "8"
     assert "loss" in logged.data.metrics and "epoch/val_recall_at_10" in logged.data.metrics

@@ -75,6 +75,10 @@ def test_pretrain_then_embed_the_catalog(tmp_path):
     out = run_embed(EmbedCatalogConfig(catalog=catalog, run_dir=str(run_dir), device="cpu"))
     assert out["items"] == 128 and out["dim"] == 32 and out["skipped"] == 0
     assert pq.read_table(out["embeddings"]).num_rows == 128
+    (embedded,) = client.search_runs(client.get_experiment_by_name("twotower").experiment_id,
+                                     "attributes.run_name = 'embed_catalog'")
+    assert [a.path for a in client.list_artifacts(embedded.info.run_id, "embeddings")] == [
+        "embeddings/embeddings.parquet"]  # the vectors the README says are logged
 
 
 @pytest.mark.slow

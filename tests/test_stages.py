@@ -60,6 +60,16 @@ def test_a_finished_stage_is_skipped_with_its_recorded_summary(tmp_path):
     assert json.loads((tmp_path / "a" / DONE).read_text())["config"] == {"size": 3}
 
 
+def test_before_run_comes_before_each_stage_that_runs_and_only_then(tmp_path):
+    """The demo opens its MLflow run there: a rerun that skips every stage opens none."""
+    calls, opened = [], []
+    stages = Stages(before_run=lambda: opened.append(len(calls)))
+    stages("a", tmp_path / "a", Config(3), writer(tmp_path / "a", calls))
+    stages("a", tmp_path / "a", Config(3), writer(tmp_path / "a", calls))
+    stages("b", tmp_path / "b", Config(4), writer(tmp_path / "b", calls))
+    assert opened == [0, 1] and stages.skipped == ["a"]
+
+
 def test_another_config_clears_the_folder_and_runs_again(tmp_path):
     calls = []
     Stages()("a", tmp_path / "a", Config(3), writer(tmp_path / "a", calls))

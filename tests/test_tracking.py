@@ -12,7 +12,14 @@ import mlflow
 import pytest
 
 from pipelines.lock import FolderBusy
-from pipelines.tracking import RUN_DIR_TAG, flat_params, mark_killed, stage_run, tracking_uri
+from pipelines.tracking import (
+    RUN_DIR_TAG,
+    flat_params,
+    mark_killed,
+    pipeline_run,
+    stage_run,
+    tracking_uri,
+)
 
 pytestmark = pytest.mark.usefixtures("local_mlflow")
 
@@ -126,3 +133,34 @@ def test_a_shared_server_kills_only_the_folders_own_runs(tmp_path, monkeypatch):
             for folder in (mine, other)}
     assert mark_killed(experiment, mine, every=False) == [runs[mine].info.run_id]
     assert client.get_run(runs[other].info.run_id).info.status == "RUNNING"
+
+
+@pytest.mark.slow
+def test_a_pipeline_run_starts_only_when_a_stage_runs(tmp_path):
+    """A rerun that skips every stage records no run, yet holds the folder (its killed runs
+    are marked); the first stage that runs opens the pipeline's run and nests under it."""
+    run_dir = tmp_path / "run"
+    with stage_run("a", Stage(), run_dir):
+        pass
+    client = mlflow.MlflowClient(tracking_uri(run_dir))
+    experiment = client.get_experiment_by_name("twotower").experiment_id
+    stale = client.create_run(experiment, tags={RUN_DIR_TAG: str(run_dir.resolve())})
+    with pipeline_run("pipe", Stage(), run_dir) as skipped:
+        pass
+    assert skipped.run is None and len(client.search_runs([experiment])) == 2
+    assert client.get_run(stale.info.run_id).info.status == "KILLED"
+
+    with pipeline_run("pipe", Stage(lr=0.5), run_dir) as pipeline:
+        assert pipeline.open() is pipeline.open()  # one run, however many stages run
+        with stage_run("train/image", Stage(), run_dir) as stage:
+            pass
+    parent, child = client.get_run(pipeline.run.run_id), client.get_run(stage.run_id)
+    assert (parent.info.run_name, parent.info.status) == ("pipe", "FINISHED")
+    assert parent.data.params["lr"] == "0.5"
+    assert child.info.run_name == "train/image"
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+    with pytest.raises(RuntimeError), pipeline_run("pipe", Stage(), run_dir) as failing:
+        failing.open()
+        raise RuntimeError("a stage failed")
+    assert client.get_run(failing.run.run_id).info.status == "FAILED"
