@@ -32,7 +32,7 @@ __all__ = ["PrepareStage", "main", "run"]
 
 @dataclass
 class PrepareStage:
-    """One `prepare` run: where the log is, where its prepared folder and tracking go."""
+    """Split an interaction log into train, valid and test for the two-tower model."""
 
     source: str
     """Interaction log: a Parquet file, a folder of them (hive partitions too), a glob or a CSV."""
