@@ -19,6 +19,14 @@ scores, through `twotower.evaluate`, three rankings computed from the shop's gro
 beside the run's own image model (from its metrics.csv). The cold / warm ratio of the second
 row is the highest a model can reach without ranking a cold product above its expected worth
 (and so lowering overall recall); the third row is what image h allows.
+
+With `--frontier`, what a higher cold / warm ratio costs: each ranking again with every cold
+product's score raised by a factor c (its log-score by log c; for the image model, its dot
+products by an offset), over a grid of c. Maximising expected recall subject to a floor on
+expected cold recall puts a Lagrange multiplier on the cold products' expected hits, which
+is such a factor, so the sweep traces the best overall recall at each cold / warm ratio for
+what each ranking knows. It prints, per ranking, the overall recall where the ratio first
+reaches `--ratio` (0.6, issue 15's target).
 """
 
 from __future__ import annotations
@@ -72,9 +80,9 @@ def _posterior(embeddings: Path, catalog: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def bounds(run: Path) -> pd.DataFrame:
-    """recall@50 overall, warm, cold and cold / warm of the three rankings and the run's image
-    model."""
+def rankings(run: Path) -> tuple[EvalQueries, dict[str, np.ndarray]]:
+    """The test queries and (U, I) log-scores, in item_index order, of the three rankings from
+    the shop's truth and of the run's two-tower models (their dot products)."""
     saved = json.loads((run / "make_shop" / "done.json").read_text())["config"]
     shop = build_shop(ShopConfig(**saved["shop"]), images=saved["images"],
                       data_dir=saved["data_dir"])
@@ -93,20 +101,64 @@ def bounds(run: Path) -> pd.DataFrame:
                                                      shop.catalog)}
     times = test_window(run / "prepare")
     exact = taste[:, category] * pattern * popularity  # the shop's choice weights
-    scorers = {"oracle": _Scores(shop_scores(exact, release, times)[:, columns],
-                                 queries.user_id)}
+    scores = {"oracle": shop_scores(exact, release, times)[:, columns]}
     for name, known in knowledge.items():
         weights = np.where(cold, (taste @ known.T) * pattern * popularity.mean(), exact)
-        scorers[name] = _Scores(shop_scores(weights, release, times)[:, columns],
-                                queries.user_id)
-    table = evaluate(queries, scorers, ks=(50,), n_boot=200)
-    model = pd.read_csv(run / "evaluate_retrieval" / "metrics.csv")
-    table = pd.concat([table, model[(model["scorer"] == "image") & (model["k"] == 50)]])
-    rows = table[(table["metric"] == "recall")].pivot_table(index="scorer", columns="slice",
-                                                            values="value", sort=False)
+        scores[name] = shop_scores(weights, release, times)[:, columns]
+    scores = {name: np.log(np.maximum(value, 1e-300)) for name, value in scores.items()}
+    for model in ("id_only", "image"):
+        folder = run / "train_two_tower" / model
+        items = read_vectors(folder / "item_vectors.parquet")
+        people = read_vectors(folder / "user_vectors_test.parquet", id_column="user_id")
+        item_rows = pd.Index(items.ids).get_indexer(queries.item_ids)
+        user_rows = pd.Index(people.ids).get_indexer(queries.user_id)
+        scores[model] = people.vectors[user_rows] @ items.vectors[item_rows].T
+    return queries, scores
+
+
+def _recall(queries: EvalQueries, scorers: dict[str, _Scores]) -> pd.DataFrame:
+    """recall@50 overall, warm, cold and cold / warm of each scorer (no intervals)."""
+    table = evaluate(queries, scorers, ks=(50,), n_boot=0)
+    rows = table[table["metric"] == "recall"].pivot_table(index="scorer", columns="slice",
+                                                          values="value", sort=False)
     out = rows[["all", "warm", "cold"]].copy()
     out["cold / warm"] = out["cold"] / out["warm"]
     return out
+
+
+def bounds(run: Path) -> pd.DataFrame:
+    """recall@50 overall, warm, cold and cold / warm of the three rankings and the run's image
+    model."""
+    queries, scores = rankings(run)
+    table = _recall(queries, {name: _Scores(scores[name], queries.user_id)
+                              for name in ("oracle", "content oracle", "content oracle, h kNN",
+                                           "image")})
+    return table.rename(index={"image": "image model"})
+
+
+def frontier(run: Path, ratio: float, steps: int = 60) -> pd.DataFrame:
+    """Per ranking: recall@50 as is, and where raising its cold products' scores first lifts
+    cold / warm to `ratio` (the offset in its own score units), beside the id-only model."""
+    queries, scores = rankings(run)
+    cold = queries.item_counts == 0
+    rows = []
+    for name in ("content oracle", "content oracle, h kNN", "image"):
+        value = scores[name]
+        spread = np.subtract(*np.percentile(value, [99, 1]))
+        offsets = np.linspace(0.0, spread, steps)
+        swept = _recall(queries, {f"{b:.6g}": _Scores(value + b * cold, queries.user_id)
+                                  for b in offsets})
+        reached = swept[swept["cold / warm"] >= ratio]
+        row = {"ranking": name, "all": swept["all"].iloc[0],
+               "cold / warm": swept["cold / warm"].iloc[0]}
+        if len(reached):
+            first = reached.iloc[0]
+            row |= {"offset": float(reached.index[0]), f"all at {ratio}": first["all"],
+                    f"warm at {ratio}": first["warm"], f"cold at {ratio}": first["cold"]}
+        rows.append(row)
+    base = _recall(queries, {"id_only": _Scores(scores["id_only"], queries.user_id)})
+    rows.append({"ranking": "id_only", "all": base["all"].iloc[0], "cold / warm": 0.0})
+    return pd.DataFrame(rows).set_index("ranking")
 
 
 def shop_scores(weights: np.ndarray, release: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -122,7 +174,16 @@ def shop_scores(weights: np.ndarray, release: np.ndarray, times: np.ndarray) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="finished demo run folders")
+    parser.add_argument("--frontier", action="store_true",
+                        help="also what raising the cold products' scores costs")
+    parser.add_argument("--ratio", type=float, default=0.6,
+                        help="the cold / warm ratio the frontier reports at")
     args = parser.parse_args()
+    if args.frontier:
+        for run in args.runs:
+            print(f"\n{run.name}: raising the cold products' scores until cold / warm >= "
+                  f"{args.ratio} (recall@50)\n")
+            print(markdown(frontier(run, args.ratio)))
     tables = {run.name: bounds(run) for run in args.runs}
     for name, table in tables.items():
         print(f"\n{name}: recall@50 of the test users\n")
