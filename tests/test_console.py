@@ -86,14 +86,12 @@ def test_sigint_after_a_checkpoint_says_so_and_the_same_command_resumes(tmp_path
                         r"saved\); run the same command to resume$", said, re.MULTILINE)
     assert stopped, said
     saved = int(stopped[1])
-    # Ctrl-C may land between the checkpoint's rename and the loop counting it saved
-    again = subprocess.run(command(saved + 2), capture_output=True, text=True, env=env,
+    again = subprocess.run(command(saved + 1), capture_output=True, text=True, env=env,
                            cwd=ROOT)
     assert again.returncode == 0, again.stderr
-    resumed = re.search(r"^resuming train_two_tower/image from epoch (\d+)$", again.stderr,
-                        re.MULTILINE)
-    assert resumed and int(resumed[1]) in (saved, saved + 1), again.stderr
-    last = saved + 2
+    lines = again.stderr.splitlines()
+    assert f"resuming train_two_tower/image from epoch {saved}" in lines, again.stderr
+    last = saved + 1
     assert re.search(rf"^train_two_tower/image epoch {last}/{last}: \d+ step in \d+\.\d s, "
                      r"loss=\d+\.\d{4}, val_recall@\d+=\d\.\d{4}$", again.stderr, re.MULTILINE)
     assert "\r" not in said + again.stderr  # a log file gets lines, not bar redraws

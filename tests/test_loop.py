@@ -206,3 +206,32 @@ def test_ctrl_c_names_the_run_and_the_last_epoch_saved(keeps, start, says, tmp_p
                  end_epoch=lambda epoch: None, state=dict, start=start)
     assert str(caught.value) == says
     assert isinstance(caught.value.__cause__, KeyboardInterrupt)
+
+
+def test_ctrl_c_right_after_a_checkpoint_is_written_counts_that_epoch(tmp_path, monkeypatch):
+    """What `last.pt` holds is what the next run resumes from: the message reads it there."""
+    cfg = dataclasses.replace(CONFIGS["SimCLR"], checkpoint_dir=str(tmp_path))
+    checkpoint = Checkpoint.of(cfg, SIMCLR_RUNTIME)
+    save = Checkpoint.save
+
+    def save_then_ctrl_c(self, state):
+        save(self, state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "save", save_then_ctrl_c)
+    loop = Loop(name="toy", device=CPU, epochs=9, steps=2, progress=False,
+                checkpoint=checkpoint)
+    with pytest.raises(Interrupted, match=r"^interrupted during toy \(epoch 2 saved\)$"):
+        loop.run(nn.Linear(1, 1), lambda i, generator: (torch.tensor(1.0), {}),
+                 epoch_seed=lambda epoch: epoch, end_epoch=lambda epoch: None, state=dict)
+
+
+def test_a_checkpoint_knows_its_epoch_and_an_older_one_is_where_the_run_resumed(tmp_path):
+    cfg = dataclasses.replace(CONFIGS["SimCLR"], checkpoint_dir=str(tmp_path))
+    checkpoint = Checkpoint.of(cfg, SIMCLR_RUNTIME)
+    assert checkpoint.epoch(start=0) == 0  # no file yet
+    checkpoint.save({"epoch": 4, "weights": torch.zeros(2)})
+    assert checkpoint.epoch(start=0) == 4
+    checkpoint.save({"weights": torch.zeros(2)})  # written before epochs were recorded
+    assert checkpoint.epoch(start=3) == 3

@@ -15,10 +15,11 @@ does the rest, the same way for both:
   averaged over ranks, are checked (a non-finite one stops training on every rank, naming the
   step) and passed with the step's other metrics to `log(metrics, step)`, where `step` counts
   the optimizer steps taken;
-- checkpoints: after every epoch rank 0 writes the trainer's state and the config to `last.pt`
-  atomically; `Checkpoint.load` reads it back with `weights_only=True` and refuses it when the
-  config differs in any field but the trainer's runtime fields, the ones that change how a run
-  executes, not what it computes (`data`, the inputs, is never one of them);
+- checkpoints: after every epoch rank 0 writes the trainer's state, the epoch and the config
+  to `last.pt` atomically; `Checkpoint.load` reads it back with `weights_only=True` and
+  refuses it when the config differs in any field but the trainer's runtime fields, the ones
+  that change how a run executes, not what it computes (`data`, the inputs, is never one of
+  them);
 - the console (rank 0, `twotower.progress`): a bar per epoch named after the run
   (`train_two_tower/image epoch 3/30`) with the loss and what the trainer's epoch end shows
   (its validation recall), "resuming <run> from epoch N" when it starts from a checkpoint, and
@@ -154,7 +155,6 @@ class Loop:
         shown = self.progress and rank() == 0
         if start and shown:
             note(f"resuming {label} from epoch {start}")
-        saved = start if self.checkpoint is not None else None  # the epoch last.pt holds
         epoch = start
         try:
             while epoch < self.epochs and not stop():
@@ -169,9 +169,9 @@ class Loop:
                     bar.set_postfix(loss=f"{finished.logged[-1]:.4f}",
                                     **{name: f"{value:.4f}" for name, value in extra.items()})
                 if self.checkpoint is not None:
-                    self.checkpoint.save(state())
-                    saved = epoch
+                    self.checkpoint.save({**state(), "epoch": epoch})
         except KeyboardInterrupt as err:
+            saved = None if self.checkpoint is None else self.checkpoint.epoch(start)
             raise Interrupted(label, saved) from err
 
     def _epoch(self, epoch: int, step: Step, generator: torch.Generator, bar: Bar) -> Epoch:
@@ -251,6 +251,15 @@ class Checkpoint:
             return
         with atomic_path(self.path) as tmp:
             torch.save({"config": dataclasses.asdict(self.config), **state}, tmp)
+
+    def epoch(self, start: int) -> int:
+        """The last epoch `last.pt` holds, as the file says (what the next run resumes from),
+        read without loading its tensors: 0 without a file; `start` (the epoch this run
+        resumed from) for a file written before checkpoints recorded their epoch."""
+        if not self.path.is_file():
+            return 0
+        saved = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+        return int(saved.get("epoch", start))
 
     def load(self, device: torch.device) -> dict[str, Any] | None:
         """What `save` wrote (tensors on `device`), or None without a checkpoint; raises
