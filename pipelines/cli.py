@@ -218,8 +218,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     Expected errors (`ValueError`s such as `DataError` and `ConfigError`, and `OSError`s such
     as a missing file) end the process with one line on stderr and exit status 2. Ctrl-C ends
-    it with one line saying where it stopped and how to go on, and exit status 130 (128 +
-    SIGINT, as a shell reports it).
+    it with one line saying where it stopped (and, when it knows, what is saved and how to go
+    on), and exit status 130 (128 + SIGINT, as a shell reports it).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -240,8 +240,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if debug:
             raise
         where = err if isinstance(err, Interrupted) else Interrupted(tokens[0])
-        then = "resume" if where.resumable else "start it again"
-        print(f"twotower: {where}; run the same command to {then}", file=sys.stderr)
+        then = ("; run the same command to resume" if where.resumable
+                else "; run the same command to start it again" if where.saved == 0 else "")
+        print(f"twotower: {where}{then}", file=sys.stderr)
         raise SystemExit(130) from None
 
 

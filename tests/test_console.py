@@ -34,8 +34,9 @@ def _interrupting(error: KeyboardInterrupt):
     (Interrupted("pretrain_vision", 0),
      "twotower: interrupted during pretrain_vision (no epoch saved yet); run the same command "
      "to start it again\n"),
-    (KeyboardInterrupt(),
-     "twotower: interrupted during prepare; run the same command to start it again\n"),
+    (Interrupted("build_index/image", resumable=True),
+     "twotower: interrupted during build_index/image; run the same command to resume\n"),
+    (KeyboardInterrupt(), "twotower: interrupted during prepare\n"),
 ])
 def test_ctrl_c_is_one_line_and_exit_130(error, says, monkeypatch, capsys):
     monkeypatch.setattr(cli, "_run", _interrupting(error))

@@ -23,7 +23,8 @@ does the rest, the same way for both:
 - the console (rank 0, `twotower.progress`): a bar per epoch named after the run
   (`train_two_tower/image epoch 3/30`) with the loss and what the trainer's epoch end shows
   (its validation recall), "resuming <run> from epoch N" when it starts from a checkpoint, and
-  Ctrl-C turned into `Interrupted`, which names the run and the last epoch saved.
+  Ctrl-C, with a checkpoint, turned into `Interrupted`, which names the run and the last
+  epoch saved.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class Loop:
         Each: begin_epoch(epoch), `model` in training mode, `steps` steps with a generator
         seeded by epoch_seed(epoch), end_epoch(...) (what it returns is shown on the epoch's
         bar beside the loss), and `state()` (the trainer's part of the checkpoint) saved.
-        Ctrl-C raises `Interrupted` naming the last epoch saved.
+        Ctrl-C raises `Interrupted` naming the last epoch saved (with a checkpoint).
         """
         label = self.label or self.name
         shown = self.progress and rank() == 0
@@ -171,8 +172,9 @@ class Loop:
                 if self.checkpoint is not None:
                     self.checkpoint.save({**state(), "epoch": epoch})
         except KeyboardInterrupt as err:
-            saved = None if self.checkpoint is None else self.checkpoint.epoch(start)
-            raise Interrupted(label, saved) from err
+            if self.checkpoint is None:
+                raise
+            raise Interrupted(label, self.checkpoint.epoch(start)) from err
 
     def _epoch(self, epoch: int, step: Step, generator: torch.Generator, bar: Bar) -> Epoch:
         losses: list[Tensor] = []
