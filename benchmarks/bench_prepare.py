@@ -68,7 +68,8 @@ def generate(folder: Path, rows: int, seed: int = 0) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    from tqdm import tqdm
+
+    from twotower.progress import progress
 
     rng = np.random.default_rng(seed)
     n_users = max(int(rows * USERS_PER_ROW), 1)
@@ -76,7 +77,8 @@ def generate(folder: Path, rows: int, seed: int = 0) -> None:
     start = np.datetime64(START, "s").astype(np.int64)
     release = start + (rng.random(n_items) ** 2 * YEAR_SECONDS).astype(np.int64)  # (I,)
     folder.mkdir(parents=True, exist_ok=True)
-    for part, first in enumerate(tqdm(range(0, rows, CHUNK_ROWS), desc="generate", unit="part")):
+    for part, first in enumerate(progress(range(0, rows, CHUNK_ROWS), desc="generate",
+                                          unit="part")):
         n = min(CHUNK_ROWS, rows - first)
         user = (n_users * rng.random(n) ** 2).astype(np.int64)  # active users are few
         rank = (n_items * rng.random(n) ** 3).astype(np.int64)  # popularity ∝ rank^(-2/3)

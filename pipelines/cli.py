@@ -29,6 +29,7 @@ import ast
 import dataclasses
 import importlib
 import importlib.util
+import os
 import shlex
 import sys
 import typing
@@ -44,6 +45,7 @@ else:  # pragma: no cover - Python 3.10
 from pipelines.config import ConfigError, parse_config
 from pipelines.runtime import set_threads
 from twotower.files import DataError
+from twotower.progress import Interrupted, live
 
 __all__ = ["STAGES", "main", "stage_argv"]
 
@@ -237,20 +239,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run `twotower STAGE ...` (the console script; `python -m pipelines.STAGE` comes here too).
 
     Expected errors (`ValueError`s such as `DataError` and `ConfigError`, and `OSError`s such
-    as a missing file) end the process with one line on stderr and exit status 2.
+    as a missing file) end the process with one line on stderr and exit status 2. Ctrl-C ends
+    it with one line saying where it stopped (and, when it knows, what is saved and how to go
+    on), and exit status 130 (128 + SIGINT, as a shell reports it).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_help())
         return
     debug = "--debug" in argv
+    tokens = [token for token in argv if token != "--debug"]
+    if not live():  # MLflow's own artifact bar would leave every redraw in a log file
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        _run([token for token in argv if token != "--debug"])
+        _run(tokens)
     except (ValueError, OSError) as err:
         if debug:
             raise
         print(f"twotower: error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt as err:
+        if debug:
+            raise
+        where = err if isinstance(err, Interrupted) else Interrupted(tokens[0])
+        then = ("; run the same command to resume" if where.resumable
+                else "; run the same command to start it again" if where.saved == 0 else "")
+        print(f"twotower: {where}{then}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

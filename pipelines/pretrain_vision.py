@@ -88,7 +88,8 @@ def run(cfg: PretrainVisionConfig) -> dict[str, Any]:
         tracking = stage_run(STAGE, cfg, cfg.run_dir) if is_main() else contextlib.nullcontext()
         with tracking as tracker:
             result = pretrain(images.images, cfg.pretrain, labels=images.labels,
-                              monitor=monitor, log=tracker.log if tracker else None)
+                              monitor=monitor, log=tracker.log if tracker else None,
+                              label=STAGE)
             summary = {"checkpoint": str(result.checkpoint), "images": len(images),
                        "image_shape": list(images.images.shape[1:]),  # (C, H, W) trained on
                        "skipped": len(images.skipped), **result.history[-1]}

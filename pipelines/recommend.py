@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from pipelines.config import check_folder_name, parse_config, resolve_device, save_config
 from pipelines.tracking import stage_run
 from twotower.evaluate import load_queries
 from twotower.files import DataError, atomic_path
+from twotower.progress import progress
 from twotower.retriever import Retriever
 
 __all__ = ["SCHEMA", "RecommendConfig", "main", "run"]
@@ -111,7 +111,7 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
     done = 0  # users written
     with stage_run(STAGE, cfg, cfg.run_dir) as tracker:
         with atomic_path(cfg.out_path) as tmp, pq.ParquetWriter(tmp, SCHEMA) as writer, \
-                tqdm(total=total, desc="recommend", unit="user") as bar:
+                progress(total=total, desc="recommend", unit="user") as bar:
             for user_ids, histories in chunks:
                 try:
                     recs = retriever.recommend(user_ids, histories, k=cfg.k,

@@ -19,6 +19,11 @@ embedding file and prepared split on every run, and an upstream stage's summary 
 identity (make_shop's holds paths and sizes, which another shop seed keeps). A rerun too many
 costs minutes; a skip too many would report results of inputs that are gone. An input edited by
 hand changes its stamp too.
+
+Each stage says one line on stderr (`twotower.progress.note`, beside the bars) as it starts,
+naming what it reads and why it runs again when a record was there, and one as it ends, with
+its seconds; a skipped one says so. Ctrl-C during a stage becomes `Interrupted`, naming it:
+running the pipeline again skips the finished stages and resumes this one.
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from twotower.files import atomic_path, source_stamp
+from twotower.progress import Interrupted, note
 
 __all__ = ["DONE", "StageConfig", "Stages"]
 
@@ -71,20 +78,32 @@ class Stages:
         folder = Path(folder)
         done = folder / DONE
         wanted = _record(config)  # before the run: the inputs as the stage found them
+        why = ""
         if done.is_file():
             try:
                 saved = json.loads(done.read_text())
             except json.JSONDecodeError:  # edited by hand: no record we can trust
                 saved = {}
             if all(saved.get(key) == value for key, value in wanted.items()):
+                note(f"stage {label} skipped: done before with this config and these inputs")
                 self.skipped.append(label)
                 return saved["summary"]
+            why = ("; its config changed" if saved.get("config") != wanted["config"]
+                   else "; its inputs changed")
             shutil.rmtree(folder)
+        reads = ", ".join(wanted["inputs"]) or "nothing"
+        note(f"stage {label} started (reads {reads}{why})")
         self.before_run()
-        summary = run(config)
+        started = time.perf_counter()
+        try:
+            summary = run(config)
+        except KeyboardInterrupt as err:
+            saved_epoch = err.saved if isinstance(err, Interrupted) else None
+            raise Interrupted(label, saved_epoch, resumable=True) from err
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(done) as tmp:
             tmp.write_text(json.dumps({**wanted, "summary": summary}, indent=2,
                                       default=str) + "\n")
         self.ran.append(label)
+        note(f"stage {label} done in {time.perf_counter() - started:.1f} s")
         return summary

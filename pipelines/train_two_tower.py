@@ -97,7 +97,7 @@ def run(cfg: TrainTwoTowerConfig) -> dict[str, Any]:
             result = fit(cfg.prepared_dir, cfg.train, embeddings=embeddings, catalog=catalog,
                          attributes=cfg.attributes, new_products=cfg.new_products,
                          log=tracker.log if tracker else None,
-                         progress=is_main())
+                         progress=is_main(), label=f"{STAGE}/{cfg.name}")
             if tracker is None:
                 return {"best_epoch": result.best_epoch}
             paths = export_vectors(

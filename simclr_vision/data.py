@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
-from tqdm import tqdm
 
 from twotower.files import DataError
+from twotower.progress import progress as show_progress
 
 __all__ = [
     "FASHION_MNIST_DIRS",
@@ -606,7 +606,7 @@ def _decode_into(
     out: Tensor | None = None
     view: np.ndarray | None = None  # numpy view of `out`: images are copied in without torch
     kept: list[int] = []
-    bar = tqdm(sources, total=n, disable=not progress, desc=origin.name, unit="img")
+    bar = show_progress(sources, total=n, enabled=progress, desc=origin.name, unit="img")
     for i, source in enumerate(bar):
         try:
             pixels = _decode(source, mode, size)  # (H, W, C)

@@ -11,11 +11,11 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from simclr_vision.augment import resize_view
 from simclr_vision.encoder import ResNet, build_encoder
 from twotower.heads import HeadKind, ProjectionHead
+from twotower.progress import progress as show_progress
 
 __all__ = ["SimCLR", "build_simclr", "encode_images"]
 
@@ -76,7 +76,7 @@ def encode_images(
     hs, zs = [], []
     try:
         starts = range(0, images.shape[0], batch_size)
-        for start in tqdm(starts, desc="encode", disable=not progress, leave=False):
+        for start in show_progress(starts, desc="encode", enabled=progress, leave=False):
             idx = torch.arange(start, min(start + batch_size, images.shape[0]))
             x = resize_view(images[idx].to(device, non_blocking=True), size)
             if transform is not None:

@@ -178,6 +178,7 @@ def pretrain(
     labels: Tensor | None = None,
     monitor: tuple[Tensor, Tensor] | None = None,
     log: Log | None = None,
+    label: str | None = None,
 ) -> PretrainResult:
     """Pretrain a SimCLR model on uint8 images (N, C, H, W).
 
@@ -190,6 +191,8 @@ def pretrain(
         log: `log(metrics, step)` callback, `step` the number of steps taken: loss and lr
             every `log_every` steps (on every rank), and per epoch loss, kNN accuracy and
             images/s (on rank 0).
+        label: what the progress bar (with the loss and the kNN accuracy), the resume line and
+            a Ctrl-C's `Interrupted` call the run (e.g. the pipeline stage; None: "SimCLR").
 
     Raises FloatingPointError naming the step when the loss stops being finite.
     """
@@ -266,7 +269,7 @@ def pretrain(
         schedule.step()
         return loss, {"lr": schedule.get_last_lr()[0]}
 
-    def end_epoch(epoch: Epoch) -> None:
+    def end_epoch(epoch: Epoch) -> dict[str, float]:
         seconds = time.perf_counter() - started
         record = {
             "epoch": float(epoch.number),
@@ -279,6 +282,7 @@ def pretrain(
         history.append(record)
         if log is not None and me == 0:
             log(record, epoch.number * steps_per_epoch)
+        return {"knn": record["knn_accuracy"]} if "knn_accuracy" in record else {}
 
     def checkpoint_state() -> dict[str, Any]:
         return {"in_channels": model.encoder.in_channels, "model": model.state_dict(),
@@ -286,7 +290,8 @@ def pretrain(
                 "epochs_done": current, "history": history}
 
     loop = Loop(name="SimCLR", device=device, epochs=cfg.epochs, steps=steps_per_epoch,
-                log_every=cfg.log_every, log=log, progress=cfg.progress, checkpoint=checkpoint)
+                log_every=cfg.log_every, log=log, progress=cfg.progress, checkpoint=checkpoint,
+                label=label)
     loop.run(model, step, epoch_seed=lambda epoch: _epoch_seed(cfg.seed, epoch - 1, me),
              begin_epoch=begin_epoch, end_epoch=end_epoch, state=checkpoint_state,
              start=start_epoch)

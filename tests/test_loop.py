@@ -16,6 +16,7 @@ from simclr_vision.pretrain import RUNTIME_FIELDS as SIMCLR_RUNTIME
 from simclr_vision.pretrain import PretrainConfig, pretrain
 from twotower.data import PrepareConfig, prepare
 from twotower.loop import Checkpoint, ConfigChanged, Epoch, Loop, changed_fields
+from twotower.progress import Interrupted
 from twotower.synthetic import ShopConfig, make_shop
 from twotower.towers import TowerConfig
 from twotower.train import RUNTIME_FIELDS as TWO_TOWER_RUNTIME
@@ -102,9 +103,9 @@ def test_changed_fields_leave_out_runtime_ones_and_name_the_data_first():
 
 # -------------------------------------------------------------------- the loop on a toy step
 def _toy_run(epochs: int, steps: int, *, start: int = 0, log_every: int = 2,
-             bad_step: int | None = None):
+             bad_step: int | None = None, **options):
     """Run a Loop whose step i returns loss i (nan at global step `bad_step`) and records one
-    draw of its generator; (logged, draws per epoch, ends)."""
+    draw of its generator; (logged, draws per epoch, ends). `options`: more Loop fields."""
     logged, draws, ends = [], {}, []
     current = [0]
 
@@ -115,7 +116,8 @@ def _toy_run(epochs: int, steps: int, *, start: int = 0, log_every: int = 2,
         return loss, {"lr": 0.5, "tau": torch.tensor(2.0)}
 
     loop = Loop(name="toy", device=CPU, epochs=epochs, steps=steps, log_every=log_every,
-                log=lambda metrics, at: logged.append((at, metrics)), progress=False)
+                log=lambda metrics, at: logged.append((at, metrics)),
+                **{"progress": False, **options})
     loop.run(nn.Linear(1, 1), step, epoch_seed=lambda epoch: 100 + epoch,
              begin_epoch=lambda epoch: current.__setitem__(0, epoch),
              end_epoch=ends.append, state=dict, start=start)
@@ -158,3 +160,85 @@ def test_a_checkpoint_round_trips_with_weights_only(tmp_path):
     assert torch.equal(saved["weights"], torch.arange(3.0))
     assert saved["history"] == [{"loss": 1.5}] and saved["config"]["seed"] == 0
     assert Checkpoint.of(dataclasses.replace(cfg, checkpoint_dir=None), frozenset()) is None
+
+
+# -------------------------------------------------------------------- the console
+def test_the_epoch_line_names_the_run_and_shows_what_the_epoch_end_returns(capsys):
+    loop = Loop(name="toy", device=CPU, epochs=2, steps=3, label="train_two_tower/image")
+    loop.run(nn.Linear(1, 1), lambda i, generator: (torch.tensor(float(i)), {}),
+             epoch_seed=lambda epoch: epoch, end_epoch=lambda epoch: {"val_recall@10": 0.25},
+             state=dict, start=1)
+    err = capsys.readouterr().err  # not a terminal: plain lines, no redraws
+    assert re.fullmatch(r"resuming train_two_tower/image from epoch 1\n"
+                        r"train_two_tower/image epoch 2/2: 3 step in \d+\.\d s, "
+                        r"loss=2\.0000, val_recall@10=0\.2500\n", err)
+
+
+def test_a_quiet_loop_prints_nothing(capsys):
+    _toy_run(epochs=2, steps=2, start=1)
+    assert capsys.readouterr().err == ""
+
+
+def _interrupt_at(step_index: int):
+    """A step that presses Ctrl-C at its (0-based, global over 2-step epochs) `step_index`."""
+    taken = []
+
+    def step(i: int, generator: torch.Generator):
+        if len(taken) == step_index:
+            raise KeyboardInterrupt
+        taken.append(i)
+        return torch.tensor(1.0), {}
+    return step
+
+
+@pytest.mark.parametrize(("start", "says"), [
+    (0, "interrupted during toy (epoch 2 saved)"),
+    (1, "interrupted during toy (epoch 3 saved)"),  # resumed after epoch 1
+])
+def test_ctrl_c_names_the_run_and_the_last_epoch_saved(start, says, tmp_path):
+    cfg = dataclasses.replace(CONFIGS["SimCLR"], checkpoint_dir=str(tmp_path))
+    loop = Loop(name="toy", device=CPU, epochs=9, steps=2, progress=False,
+                checkpoint=Checkpoint.of(cfg, SIMCLR_RUNTIME))
+    with pytest.raises(Interrupted) as caught:
+        loop.run(nn.Linear(1, 1), _interrupt_at(5), epoch_seed=lambda epoch: epoch,
+                 end_epoch=lambda epoch: None, state=dict, start=start)
+    assert str(caught.value) == says
+    assert isinstance(caught.value.__cause__, KeyboardInterrupt)
+
+
+def test_ctrl_c_without_a_checkpoint_stays_a_plain_keyboard_interrupt():
+    """Nothing is saved to name: whoever runs the loop says what was interrupted."""
+    loop = Loop(name="toy", device=CPU, epochs=9, steps=2, progress=False)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        loop.run(nn.Linear(1, 1), _interrupt_at(5), epoch_seed=lambda epoch: epoch,
+                 end_epoch=lambda epoch: None, state=dict)
+    assert type(caught.value) is KeyboardInterrupt
+
+
+def test_ctrl_c_right_after_a_checkpoint_is_written_counts_that_epoch(tmp_path, monkeypatch):
+    """What `last.pt` holds is what the next run resumes from: the message reads it there."""
+    cfg = dataclasses.replace(CONFIGS["SimCLR"], checkpoint_dir=str(tmp_path))
+    checkpoint = Checkpoint.of(cfg, SIMCLR_RUNTIME)
+    save = Checkpoint.save
+
+    def save_then_ctrl_c(self, state):
+        save(self, state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "save", save_then_ctrl_c)
+    loop = Loop(name="toy", device=CPU, epochs=9, steps=2, progress=False,
+                checkpoint=checkpoint)
+    with pytest.raises(Interrupted, match=r"^interrupted during toy \(epoch 2 saved\)$"):
+        loop.run(nn.Linear(1, 1), lambda i, generator: (torch.tensor(1.0), {}),
+                 epoch_seed=lambda epoch: epoch, end_epoch=lambda epoch: None, state=dict)
+
+
+def test_a_checkpoint_knows_its_epoch_and_an_older_one_is_where_the_run_resumed(tmp_path):
+    cfg = dataclasses.replace(CONFIGS["SimCLR"], checkpoint_dir=str(tmp_path))
+    checkpoint = Checkpoint.of(cfg, SIMCLR_RUNTIME)
+    assert checkpoint.epoch(start=0) == 0  # no file yet
+    checkpoint.save({"epoch": 4, "weights": torch.zeros(2)})
+    assert checkpoint.epoch(start=0) == 4
+    checkpoint.save({"weights": torch.zeros(2)})  # written before epochs were recorded
+    assert checkpoint.epoch(start=3) == 3

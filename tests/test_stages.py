@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from pipelines.stages import DONE, Stages
 from twotower.files import source_stamp
+from twotower.progress import Interrupted
 
 
 @dataclass
@@ -143,3 +145,58 @@ def test_an_unreadable_record_counts_as_not_done(tmp_path):
     summary = Stages()("a", tmp_path / "a", Config(2), writer(tmp_path / "a", calls))
     assert calls == [2, 2] and summary["size"] == 2
     assert json.loads((tmp_path / "a" / DONE).read_text())["config"] == {"size": 2}
+
+
+# -------------------------------------------------------------------- what a stage says
+def _said(err: str) -> list[str]:
+    """The stage lines of stderr, each stage's seconds replaced by N."""
+    return [re.sub(r"in \d+\.\d s$", "in N s", line) for line in err.splitlines()]
+
+
+def test_each_stage_says_when_it_starts_what_it_reads_and_when_it_ends(tmp_path, capsys):
+    source = tmp_path / "source.txt"
+    source.write_text("log")
+    stages = Stages()
+    stages("a", tmp_path / "a", Config(3), writer(tmp_path / "a", []))
+    stages("b", tmp_path / "b", Reads(str(source)), reader([]))
+    assert _said(capsys.readouterr().err) == [  # capsys's stderr is not a terminal
+        "stage a started (reads nothing)",
+        "stage a done in N s",
+        f"stage b started (reads {source})",
+        "stage b done in N s",
+    ]
+
+
+def test_a_skipped_or_redone_stage_says_why(tmp_path, capsys):
+    source = tmp_path / "source.txt"
+    source.write_text("log")
+    Stages()("a", tmp_path / "a", Config(3), writer(tmp_path / "a", []))
+    Stages()("b", tmp_path / "b", Reads(str(source)), reader([]))
+    capsys.readouterr()
+    Stages()("a", tmp_path / "a", Config(3), writer(tmp_path / "a", []))
+    Stages()("a", tmp_path / "a", Config(4), writer(tmp_path / "a", []))
+    stat = source.stat()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    Stages()("b", tmp_path / "b", Reads(str(source)), reader([]))
+    assert _said(capsys.readouterr().err) == [
+        "stage a skipped: done before with this config and these inputs",
+        "stage a started (reads nothing; its config changed)",
+        "stage a done in N s",
+        f"stage b started (reads {source}; its inputs changed)",
+        "stage b done in N s",
+    ]
+
+
+def test_ctrl_c_in_a_stage_names_it_and_keeps_the_epoch_the_loop_saved(tmp_path):
+    def plain(config):
+        raise KeyboardInterrupt
+
+    def training(config):
+        raise Interrupted("two-tower", 12)
+
+    with pytest.raises(Interrupted) as caught:
+        Stages()("embed_catalog", tmp_path / "e", Config(), plain)
+    assert str(caught.value) == "interrupted during embed_catalog" and caught.value.resumable
+    with pytest.raises(Interrupted) as caught:
+        Stages()("train_two_tower/image", tmp_path / "t", Config(), training)
+    assert str(caught.value) == "interrupted during train_two_tower/image (epoch 12 saved)"

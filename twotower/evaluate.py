@@ -40,12 +40,12 @@ import polars as pl
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 from twotower.data import prepared_files
 from twotower.files import DataError
 from twotower.index import ItemIndex
 from twotower.metrics import bootstrap_interval, coverage_at_k, per_query_metrics
+from twotower.progress import progress as show_progress
 from twotower.vectors import Vectors, read_vectors
 
 __all__ = [
@@ -635,8 +635,8 @@ def _in_batches(
     batch_size: int, desc: str, progress: bool,
 ) -> np.ndarray:
     parts = [rank(queries.take(slice(start, start + batch_size)), k)
-             for start in tqdm(range(0, len(queries), batch_size), desc=desc, unit="batch",
-                               disable=not progress)]
+             for start in show_progress(range(0, len(queries), batch_size), desc=desc,
+                                        unit="batch", enabled=progress)]
     return np.concatenate(parts)
 
 

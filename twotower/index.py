@@ -42,9 +42,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm.auto import tqdm
 
 from twotower.files import DataError, atomic_path
+from twotower.progress import progress as show_progress
 
 __all__ = ["KINDS", "ItemIndex", "default_params", "exact_search"]
 
@@ -178,7 +178,7 @@ class ItemIndex:
         _set_search_params(index, kind, resolved)
         if not index.is_trained:
             index.train(_training_sample(matrix, resolved["nlist"], seed))
-        with tqdm(total=n, desc=f"index {kind}", unit="vec", disable=not progress) as bar:
+        with show_progress(total=n, desc=f"index {kind}", unit="vec", enabled=progress) as bar:
             for start in range(0, n, _ADD_BLOCK):
                 index.add(matrix[start:start + _ADD_BLOCK])
                 bar.update(min(_ADD_BLOCK, n - start))

@@ -15,10 +15,16 @@ does the rest, the same way for both:
   averaged over ranks, are checked (a non-finite one stops training on every rank, naming the
   step) and passed with the step's other metrics to `log(metrics, step)`, where `step` counts
   the optimizer steps taken;
-- checkpoints: after every epoch rank 0 writes the trainer's state and the config to `last.pt`
-  atomically; `Checkpoint.load` reads it back with `weights_only=True` and refuses it when the
-  config differs in any field but the trainer's runtime fields, the ones that change how a run
-  executes, not what it computes (`data`, the inputs, is never one of them).
+- checkpoints: after every epoch rank 0 writes the trainer's state, the epoch and the config
+  to `last.pt` atomically; `Checkpoint.load` reads it back with `weights_only=True` and
+  refuses it when the config differs in any field but the trainer's runtime fields, the ones
+  that change how a run executes, not what it computes (`data`, the inputs, is never one of
+  them);
+- the console (rank 0, `twotower.progress`): a bar per epoch named after the run
+  (`train_two_tower/image epoch 3/30`) with the loss and what the trainer's epoch end shows
+  (its validation recall), "resuming <run> from epoch N" when it starts from a checkpoint, and
+  Ctrl-C, with a checkpoint, turned into `Interrupted`, which names the run and the last
+  epoch saved.
 """
 
 from __future__ import annotations
@@ -33,10 +39,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from twotower.distributed import mean_over_ranks, rank, world_size
 from twotower.files import atomic_path
+from twotower.progress import Bar, Interrupted, note, progress
 
 __all__ = ["CHECKPOINT", "Checkpoint", "ConfigChanged", "Epoch", "Log", "Loop", "autocast",
            "changed_fields", "diverged", "resolve_device", "seeded", "wrap"]
@@ -120,9 +126,12 @@ class Loop:
     log: Log | None = None
     """Called with the loss and the step's metrics at every sync, on every rank."""
     progress: bool = True
-    """Show a progress bar per epoch (rank 0)."""
+    """Show a progress bar per epoch and the resume line (rank 0)."""
     checkpoint: Checkpoint | None = None
     """Written after every epoch."""
+    label: str | None = None
+    """What the bar, the resume line and `Interrupted` call this run (a pipeline stage,
+    "train_two_tower/image"); None: `name`."""
 
     def run(
         self,
@@ -130,7 +139,7 @@ class Loop:
         step: Step,
         *,
         epoch_seed: Callable[[int], int],
-        end_epoch: Callable[[Epoch], None],
+        end_epoch: Callable[[Epoch], Mapping[str, float] | None],
         state: Callable[[], dict[str, Any]],
         begin_epoch: Callable[[int], None] = lambda epoch: None,
         start: int = 0,
@@ -139,36 +148,49 @@ class Loop:
         """Epochs start + 1 .. `epochs` (`start` epochs are done), until `stop()` says so.
 
         Each: begin_epoch(epoch), `model` in training mode, `steps` steps with a generator
-        seeded by epoch_seed(epoch), end_epoch(...), and `state()` (the trainer's part of the
-        checkpoint) saved.
+        seeded by epoch_seed(epoch), end_epoch(...) (what it returns is shown on the epoch's
+        bar beside the loss), and `state()` (the trainer's part of the checkpoint) saved.
+        Ctrl-C raises `Interrupted` naming the last epoch saved (with a checkpoint).
         """
+        label = self.label or self.name
+        shown = self.progress and rank() == 0
+        if start and shown:
+            note(f"resuming {label} from epoch {start}")
         epoch = start
-        while epoch < self.epochs and not stop():
-            epoch += 1
-            begin_epoch(epoch)
-            model.train()
-            generator = torch.Generator(self.device).manual_seed(epoch_seed(epoch))
-            end_epoch(self._epoch(epoch, step, generator))
-            if self.checkpoint is not None:
-                self.checkpoint.save(state())
+        try:
+            while epoch < self.epochs and not stop():
+                epoch += 1
+                begin_epoch(epoch)
+                model.train()
+                generator = torch.Generator(self.device).manual_seed(epoch_seed(epoch))
+                with progress(total=self.steps, desc=f"{label} epoch {epoch}/{self.epochs}",
+                              unit="step", enabled=shown) as bar:
+                    finished = self._epoch(epoch, step, generator, bar)
+                    extra = end_epoch(finished) or {}
+                    bar.set_postfix(loss=f"{finished.logged[-1]:.4f}",
+                                    **{name: f"{value:.4f}" for name, value in extra.items()})
+                if self.checkpoint is not None:
+                    self.checkpoint.save({**state(), "epoch": epoch})
+        except KeyboardInterrupt as err:
+            if self.checkpoint is None:
+                raise
+            raise Interrupted(label, self.checkpoint.epoch(start)) from err
 
-    def _epoch(self, epoch: int, step: Step, generator: torch.Generator) -> Epoch:
+    def _epoch(self, epoch: int, step: Step, generator: torch.Generator, bar: Bar) -> Epoch:
         losses: list[Tensor] = []
         logged: list[float] = []
         first = (epoch - 1) * self.steps  # steps taken before this epoch
-        with tqdm(total=self.steps, desc=f"epoch {epoch}/{self.epochs}", unit="step",
-                  disable=not self.progress or rank() != 0) as bar:
-            for i in range(self.steps):
-                loss, metrics = step(i, generator)
-                losses.append(loss.detach().float())
-                bar.update()
-                done = first + i + 1
-                if done % self.log_every == 0 or i == self.steps - 1:
-                    values = self._sync(losses[-self.log_every:], metrics, done, epoch)
-                    logged.append(values["loss"])
-                    bar.set_postfix(loss=f"{values['loss']:.4f}")
-                    if self.log is not None:
-                        self.log(values, done)
+        for i in range(self.steps):
+            loss, metrics = step(i, generator)
+            losses.append(loss.detach().float())
+            bar.update()
+            done = first + i + 1
+            if done % self.log_every == 0 or i == self.steps - 1:
+                values = self._sync(losses[-self.log_every:], metrics, done, epoch)
+                logged.append(values["loss"])
+                bar.set_postfix(loss=f"{values['loss']:.4f}")
+                if self.log is not None:
+                    self.log(values, done)
         return Epoch(number=epoch, losses=torch.stack(losses), logged=logged)
 
     def _sync(self, window: list[Tensor], metrics: Mapping[str, Tensor | float], done: int,
@@ -231,6 +253,15 @@ class Checkpoint:
             return
         with atomic_path(self.path) as tmp:
             torch.save({"config": dataclasses.asdict(self.config), **state}, tmp)
+
+    def epoch(self, start: int) -> int:
+        """The last epoch `last.pt` holds, as the file says (what the next run resumes from),
+        read without loading its tensors: 0 without a file; `start` (the epoch this run
+        resumed from) for a file written before checkpoints recorded their epoch."""
+        if not self.path.is_file():
+            return 0
+        saved = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+        return int(saved.get("epoch", start))
 
     def load(self, device: torch.device) -> dict[str, Any] | None:
         """What `save` wrote (tensors on `device`), or None without a checkpoint; raises

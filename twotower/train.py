@@ -180,6 +180,7 @@ def fit(
     new_products: bool = False,
     log: Log | None = None,
     progress: bool = True,
+    label: str | None = None,
 ) -> FitResult:
     """Train on the prepared folder's training split; validate on its valid split.
 
@@ -189,6 +190,8 @@ def fit(
     the prepared ones (`twotower.inputs.item_features`), so `export_vectors` covers them.
     log: called on every rank with {"loss", "temperature"} after every step (at the number of
     steps taken) and with the validation metrics, "epoch/...", after every epoch (at its number).
+    progress: a bar per epoch with the loss and the validation recall, and the resume line, on
+    stderr (rank 0), naming the run `label` (e.g. the pipeline stage; None: "two-tower").
     """
     cfg = config or TrainConfig()
     device = resolve_device(cfg.device)
@@ -260,11 +263,13 @@ def fit(
         state.step += 1
         return loss, {"temperature": tau}
 
-    def end_epoch(epoch: Epoch) -> None:
+    def end_epoch(epoch: Epoch) -> dict[str, float]:
         record = {"epoch": epoch.number, "loss": float(np.mean(epoch.logged))}
+        shown = {}  # on the epoch's bar
         if queries is not None:
             recall, ndcg, k = validate(model, queries, cfg.val_k, cfg.max_history, device)
             record.update({f"val_recall_at_{k}": recall, f"val_ndcg_at_{k}": ndcg})
+            shown[f"val_recall@{k}"] = recall
             if recall > state.best_metric:
                 state.best_metric = recall
                 state.best_epoch = epoch.number
@@ -276,6 +281,7 @@ def fit(
             log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, epoch.number)
         state.history.append(record)
         state.epoch = epoch.number
+        return shown
 
     def checkpoint_state() -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -285,7 +291,7 @@ def fit(
 
     # log_every 1: every step's loss is synced anyway, to log it with its τ
     loop = Loop(name="two-tower", device=device, epochs=cfg.epochs, steps=steps, log=log,
-                progress=progress, checkpoint=checkpoint)
+                progress=progress, checkpoint=checkpoint, label=label)
     loop.run(model, step, epoch_seed=lambda epoch: _epoch_seed(cfg.seed, epoch, me),
              begin_epoch=begin_epoch, end_epoch=end_epoch, state=checkpoint_state,
              start=state.epoch, stop=lambda: state.bad_epochs >= cfg.patience)
