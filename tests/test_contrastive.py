@@ -405,30 +405,42 @@ def test_nt_xent_rejects_bad_arguments():
 # The full catalog softmax.
 
 
-def naive_catalog_softmax(q, catalog, positives, tau, normalize=True) -> float:
+def naive_catalog_softmax(q, catalog, positives, tau, normalize=True, bias=None) -> float:
     """Mult-VAE's multinomial log-likelihood (Liang et al. 2018, eq. 2) of one positive per
-    row, every catalog item in the denominator."""
+    row, every catalog item in the denominator, each logit less its item's bias."""
     q, catalog = q.tolist(), catalog.tolist()
+    bias = [0.0] * len(catalog) if bias is None else bias.tolist()
     if normalize:
         q, catalog = [_unit(v) for v in q], [_unit(v) for v in catalog]
     total = 0.0
     for i, row in enumerate(q):
-        logits = [_dot(row, item) / tau for item in catalog]
+        logits = [_dot(row, item) / tau - b for item, b in zip(catalog, bias, strict=True)]
         total += -logits[int(positives[i])] + math.log(sum(math.exp(x) for x in logits))
     return total / len(q)
 
 
 @settings(max_examples=25, deadline=None)
 @given(b=st.integers(1, 6), c=st.integers(1, 9), d=st.integers(1, 5),
-       tau=st.floats(0.05, 1.0), normalize=st.booleans(), seed=st.integers(0, 2**16))
-def test_catalog_softmax_equals_naive_twin(b, c, d, tau, normalize, seed):
+       tau=st.floats(0.05, 1.0), normalize=st.booleans(), biased=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_catalog_softmax_equals_naive_twin(b, c, d, tau, normalize, biased, seed):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(b, d, generator=g, dtype=torch.float64)
     catalog = torch.randn(c, d, generator=g, dtype=torch.float64)
     positives = torch.randint(0, c, (b,), generator=g)
-    got = catalog_softmax(q, catalog, positives, temperature=tau, normalize=normalize)
+    bias = 3 * torch.randn(c, generator=g, dtype=torch.float64) if biased else None
+    got = catalog_softmax(q, catalog, positives, temperature=tau, normalize=normalize, bias=bias)
     assert got.item() == pytest.approx(
-        naive_catalog_softmax(q, catalog, positives, tau, normalize), rel=1e-9, abs=1e-12)
+        naive_catalog_softmax(q, catalog, positives, tau, normalize, bias), rel=1e-9, abs=1e-12)
+
+
+def test_catalog_softmax_checks_its_bias():
+    q, c = torch.randn(3, 4), torch.randn(5, 4)
+    with pytest.raises(ValueError, match=r"bias must be \(5,\)"):
+        catalog_softmax(q, c, torch.zeros(3, dtype=torch.long), bias=torch.zeros(4))
+    with pytest.raises(ValueError, match="bias contains"):
+        catalog_softmax(q, c, torch.zeros(3, dtype=torch.long),
+                        bias=torch.tensor([0.0, math.nan, 0.0, 0.0, 0.0]))
 
 
 def test_catalog_softmax_is_info_nce_when_the_catalog_is_the_batch():
@@ -446,12 +458,13 @@ def test_chunked_catalog_softmax_equals_dense(chunk):
     catalog = torch.randn(25, 6, generator=g, dtype=torch.float64, requires_grad=True)
     positives = torch.randint(0, 25, (10,), generator=g)
     tau = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
-    dense = catalog_softmax(q, catalog, positives, temperature=tau, reduction="none")
-    grads = torch.autograd.grad(dense.sum(), (q, catalog, tau))
+    bias = torch.randn(25, generator=g, dtype=torch.float64, requires_grad=True)
+    dense = catalog_softmax(q, catalog, positives, temperature=tau, reduction="none", bias=bias)
+    grads = torch.autograd.grad(dense.sum(), (q, catalog, tau, bias))
     chunked = catalog_softmax(q, catalog, positives, temperature=tau, chunk_size=chunk,
-                              reduction="none")
+                              reduction="none", bias=bias)
     torch.testing.assert_close(chunked, dense)
-    for got, want in zip(torch.autograd.grad(chunked.sum(), (q, catalog, tau)), grads,
+    for got, want in zip(torch.autograd.grad(chunked.sum(), (q, catalog, tau, bias)), grads,
                          strict=True):
         torch.testing.assert_close(got, want)
 

@@ -392,6 +392,10 @@ def test_the_content_loss_adds_the_softmax_of_the_content_only_vectors(shop_dir,
     assert torch.equal(full["positives"], content["positives"])
     assert torch.equal(full["queries"], content["queries"])
     assert not torch.allclose(full["catalog"], content["catalog"])
+    counts = load_training(shop_dir / "prepare").item_counts
+    warm = counts[counts > 0]  # the catalog's columns, in item order
+    assert full["bias"] is None  # the popularity prior is the content term's alone
+    np.testing.assert_allclose(content["bias"].numpy(), -np.log(warm / counts.sum()), rtol=1e-6)
 
     per_row = [catalog_softmax(c["queries"].detach(), c["catalog"].detach(), c["positives"],
                                **{k: v for k, v in c.items()
@@ -410,7 +414,51 @@ def test_without_content_inputs_or_weight_there_is_one_loss_term(shop_dir, monke
         embeddings=_images(shop_dir), progress=False)
     assert len(spy.calls) == steps
     sampled = _Spy(monkeypatch)
-    fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=1), embeddings=_images(shop_dir),
-        progress=False)
+    fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=1, content_prior=False),
+        embeddings=_images(shop_dir), progress=False)
     assert len(sampled.calls) == 2 * steps
     assert torch.equal(sampled.calls[0]["log_q"], sampled.calls[1]["log_q"])
+
+
+@pytest.mark.parametrize("logq", ["counts", "none"])
+def test_the_sampled_content_loss_adds_the_log_popularity_to_the_logq_correction(
+        shop_dir, monkeypatch, logq):
+    """The content term's candidates get log p(i) added to their logits: with counts' log q
+    that leaves a shift the softmax ignores, without a correction it is the prior itself."""
+    sampled = _Spy(monkeypatch)
+    cfg = dataclasses.replace(TINY, epochs=1, logq=logq, mixed_negatives=7)
+    fit(shop_dir / "prepare", cfg, embeddings=_images(shop_dir), progress=False)
+    counts = load_training(shop_dir / "prepare").item_counts
+    log_p = torch.log(torch.as_tensor(np.maximum(counts, 1) / counts.sum()))
+    full, content = sampled.calls[0], sampled.calls[1]
+    items, extra = content["candidate_ids"], content["extra_candidate_ids"]
+    zero = torch.zeros(len(items), dtype=log_p.dtype)
+    torch.testing.assert_close(content["log_q"].double(),
+                               (zero if full["log_q"] is None else full["log_q"].double())
+                               - log_p[items])
+    base = full["extra_log_q"]
+    torch.testing.assert_close(content["extra_log_q"].double(),
+                               (torch.zeros(len(extra), dtype=log_p.dtype) if base is None
+                                else base.double()) - log_p[extra])
+
+
+def test_the_popularity_prior_keeps_popularity_out_of_the_content_vectors(shop_dir):
+    """Random 'image h' tells nothing of taste but tells the items apart, so a content path
+    fit to the plain softmax learns each warm item's popularity from it; with the prior in its
+    loss the content scores follow popularity far less."""
+    rows = load_training(shop_dir / "prepare")
+    warm = np.flatnonzero(rows.item_counts > 0)
+    everyone = np.arange(len(rows))
+
+    def tracking(prior: bool) -> float:
+        cfg = dataclasses.replace(FULL, epochs=6, content_prior=prior, patience=6)
+        model = fit(shop_dir / "prepare", cfg, embeddings=_images(shop_dir, 16),
+                    progress=False).model
+        with torch.no_grad():
+            users = model.user_vectors(torch.as_tensor(rows.user),
+                                       torch.as_tensor(rows.histories(everyone, 5)))
+            score = (users @ model.item_tower.content(torch.as_tensor(warm)).T).mean(0)
+        return float(np.corrcoef(score.numpy(), np.log(rows.item_counts[warm]))[0, 1])
+
+    plain, with_prior = tracking(False), tracking(True)
+    assert plain > 0.5 and with_prior < plain - 0.3

@@ -124,8 +124,9 @@ def catalog_softmax(
     normalize: bool = True,
     chunk_size: int | None = None,
     reduction: Reduction = "mean",
+    bias: Tensor | None = None,
 ) -> Tensor:
-    """Full softmax over a whole catalog: −log softmax(q_i · C / τ)[positive_i].
+    """Full softmax over a whole catalog: −log softmax(q_i · C / τ − bias)[positive_i].
 
     The exact multinomial likelihood that in-batch negatives approximate (Mult-VAE, Liang et
     al. 2018, eq. 2; Covington et al. 2016 before sampling): every item is a negative, so no
@@ -135,15 +136,19 @@ def catalog_softmax(
         queries: (B, d) e.g. user vectors.
         catalog: (C, d) every candidate; the same on every rank (nothing is gathered).
         positives: (B,) long, row i's positive as a row of `catalog`.
+        bias: (C,) per-item term subtracted from every row's logits, or None: e.g. minus an
+            item's log popularity, a prior the queries then need not learn.
     """
     _check_pair("queries", queries, "catalog", catalog, same_rows=False)
     _check_options(temperature, chunk_size, reduction)
     if positives.shape != (queries.shape[0],):
         raise ValueError(f"positives must be ({queries.shape[0]},), got {tuple(positives.shape)}")
-    _check_finite(queries=queries, catalog=catalog)
+    if bias is not None and bias.shape != (catalog.shape[0],):
+        raise ValueError(f"bias must be ({catalog.shape[0]},), got {tuple(bias.shape)}")
+    _check_finite(queries=queries, catalog=catalog, bias=bias)
     if normalize:
         queries, catalog = F.normalize(queries, dim=-1), F.normalize(catalog, dim=-1)
-    losses = _softmax_nll(queries, catalog, positives, temperature=temperature, bias=None,
+    losses = _softmax_nll(queries, catalog, positives, temperature=temperature, bias=bias,
                           ids=None, exclude=None, chunk_size=chunk_size)
     return _reduce(losses, reduction)
 

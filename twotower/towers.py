@@ -22,7 +22,10 @@ Item tower (one row per prepared item, `item_index` 0..I-1):
 - in training each id is dropped with probability `id_dropout` (Volkovs et al. 2017,
   "DropoutNet: Addressing Cold Start in Recommender Systems"), and
   `train.TrainConfig.content_loss` also trains content(i) on every row on its own, so the
-  content path is never starved by the id path;
+  content path is never starved by the id path; in that loss each item's log popularity is
+  a fixed prior on its logit (`content_prior`; Zhang et al. 2021, "Causal Intervention for
+  Leveraging Popularity Bias in Recommendation"), so content(i) learns whose taste a product
+  suits rather than a popularity that nothing about a new product reveals;
 - an id-only model has no content path: its item vector is normalize(head_id(mlp_id(id_emb)))
   and every cold item shares the unknown id row.
 
