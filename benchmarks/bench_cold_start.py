@@ -112,7 +112,8 @@ def rankings(run: Path) -> tuple[EvalQueries, dict[str, np.ndarray]]:
         people = read_vectors(folder / "user_vectors_test.parquet", id_column="user_id")
         item_rows = pd.Index(items.ids).get_indexer(queries.item_ids)
         user_rows = pd.Index(people.ids).get_indexer(queries.user_id)
-        scores[model] = people.vectors[user_rows] @ items.vectors[item_rows].T
+        scores[model] = np.where(item_rows >= 0,  # a product left unexported is never ranked
+                                 people.vectors[user_rows] @ items.vectors[item_rows].T, -np.inf)
     return queries, scores
 
 
@@ -144,7 +145,7 @@ def frontier(run: Path, ratio: float, steps: int = 60) -> pd.DataFrame:
     rows = []
     for name in ("content oracle", "content oracle, h kNN", "image"):
         value = scores[name]
-        spread = np.subtract(*np.percentile(value, [99, 1]))
+        spread = np.subtract(*np.percentile(value[np.isfinite(value)], [99, 1]))
         offsets = np.linspace(0.0, spread, steps)
         swept = _recall(queries, {f"{b:.6g}": _Scores(value + b * cold, queries.user_id)
                                   for b in offsets})

@@ -13,7 +13,8 @@ per model for `train_two_tower/<model>` and `build_index/<model>`):
     probe_vision        what h knows: kNN accuracy on the products' categories (the one place
                         labels are read), beside raw pixels and a random encoder
     prepare             the log → temporal train / valid / test split
-    train_two_tower     two models: id_only (item ids) and image (item ids + image h)
+    train_two_tower     two models: id_only (item ids) and image (item ids + image h); the
+                        products on sale before the split that nobody bought get no vector
     build_index         a FAISS index of each model's item vectors
     evaluate_retrieval  both models beside popularity, EASE and image-kNN on the test users
     figures             products beside their image-h neighbours; the test users at the
@@ -141,7 +142,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                 train_two_tower.TrainTwoTowerConfig(
                     run_dir=cfg.run_dir, name=name, prepared=prepared["folder"],
                     embeddings=embedded["embeddings"] if name == "image" else None,
-                    device=cfg.device, train=cfg.train),
+                    catalog=shop["catalog"], listed_at="release_time", device=cfg.device,
+                    train=cfg.train),
                 train_two_tower.run)
             index = stages(f"build_index/{name}", run_dir / build_index.STAGE / name,
                            build_index.BuildIndexConfig(

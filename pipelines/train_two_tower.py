@@ -30,7 +30,7 @@ from pipelines.runtime import distributed_device, is_main
 from pipelines.tracking import stage_run
 from twotower.export import export_vectors
 from twotower.files import atomic_path, stamped
-from twotower.inputs import read_catalog
+from twotower.inputs import read_catalog, unsold
 from twotower.train import TrainConfig, fit
 from twotower.vectors import read_vectors
 
@@ -52,11 +52,17 @@ class TrainTwoTowerConfig:
     embeddings: str | None = None
     """Frozen image embeddings Parquet (item_id, embedding) for the item tower; None: none."""
     catalog: str | None = None
-    """Catalog Parquet holding the categorical `attributes` columns, keyed by item_id."""
+    """Catalog Parquet holding the categorical `attributes` and `listed_at` columns, keyed by
+    item_id."""
     attributes: tuple[str, ...] = ()
     """Catalog columns the item tower embeds (e.g. category brand)."""
     new_products: bool = True
     """Export vectors for products of --embeddings / --catalog that the log never mentions."""
+    listed_at: str | None = None
+    """Catalog column of each product's listing time (Unix seconds or timestamps): products
+    listed by the end of the training split that nobody bought in it get no vector, so only
+    new products reach users through their content (`twotower.inputs.unsold`); None: every
+    product gets one."""
     device: str = "auto"
     """cpu, cuda, or auto (cuda when available)."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -67,6 +73,8 @@ class TrainTwoTowerConfig:
             self.train = TrainConfig(**self.train)
         if self.attributes and self.catalog is None:
             raise ValueError(f"attributes {list(self.attributes)} need --catalog")
+        if self.listed_at and self.catalog is None:
+            raise ValueError(f"listed_at {self.listed_at!r} needs --catalog")
         check_folder_name(self.name)
 
     @property
@@ -100,10 +108,12 @@ def run(cfg: TrainTwoTowerConfig) -> dict[str, Any]:
                          progress=is_main(), label=f"{STAGE}/{cfg.name}")
             if tracker is None:
                 return {"best_epoch": result.best_epoch}
+            left_out = (unsold(cfg.prepared_dir, read_catalog(cfg.catalog, [cfg.listed_at]),
+                               cfg.listed_at) if cfg.listed_at else [])
             paths = export_vectors(
                 result.model, cfg.prepared_dir, cfg.out_dir, max_history=cfg.train.max_history,
                 metadata={"checkpoint": str(cfg.out_dir / "model.pt"), "name": cfg.name,
-                          "embeddings": cfg.embeddings})
+                          "embeddings": cfg.embeddings}, leave_out=left_out)
             with atomic_path(cfg.out_dir / "model.pt") as tmp:
                 torch.save({"model": result.model.state_dict(),
                             "tower": dataclasses.asdict(result.model.config),
@@ -118,7 +128,7 @@ def run(cfg: TrainTwoTowerConfig) -> dict[str, Any]:
             best = (result.history[result.best_epoch - 1] if result.best_epoch
                     else result.history[-1])
             return {"model": str(cfg.out_dir), "best_epoch": result.best_epoch,
-                    "epochs": len(result.history), **best,
+                    "epochs": len(result.history), **best, "unsold_left_out": len(left_out),
                     "vectors": {k: str(v) for k, v in paths.items()},
                     "run_id": tracker.run_id}
 

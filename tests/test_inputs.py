@@ -9,7 +9,7 @@ import pytest
 
 from twotower.data import PrepareConfig, prepare
 from twotower.files import DataError
-from twotower.inputs import attribute_codes, item_features, load_training, read_catalog
+from twotower.inputs import attribute_codes, item_features, load_training, read_catalog, unsold
 from twotower.towers import PAD
 from twotower.vectors import Vectors
 
@@ -108,3 +108,28 @@ def test_a_catalog_is_read_for_its_ids_and_attributes_only_and_its_gaps_are_name
         read_catalog(path, ("category", "brand"))
     with pytest.raises(DataError, match=r"nowhere\.parquet.*no catalog file here"):
         read_catalog(tmp_path / "nowhere.parquet", ("category",))
+
+
+def test_unsold_products_were_listed_by_the_training_end_and_never_bought(tmp_path):
+    rng = np.random.default_rng(0)
+    early = [(f"u{u}", f"i{rng.integers(0, 5)}", 1_700_000_000 + t) for t in range(300)
+             for u in [t % 20]]
+    late = [(f"u{u}", "late", 1_700_001_000 + u) for u in range(20)]  # bought after the split
+    pl.DataFrame(early + late, schema=["user_id", "item_id", "timestamp"],
+                 orient="row").write_parquet(tmp_path / "log.parquet")
+    prepared = prepare(tmp_path / "log.parquet", tmp_path / "prepare",
+                       PrepareConfig(min_user_interactions=2, min_item_interactions=1))
+    items = pl.read_parquet(prepared / "items.parquet")
+    assert items.filter(pl.col("cold"))["item_id"].to_list() == ["late"]
+    end = pd.read_parquet(prepared / "train.parquet")["timestamp"].max().value // 10**9
+    catalog = pd.DataFrame([("i0", end - 10), ("late", end - 10), ("never", end),
+                            ("new", end + 10), ("late-listed", end + 1)],
+                           columns=["item_id", "listed"])
+    want = ["late", "never"]  # on sale by the split's end, no training row
+    assert sorted(unsold(prepared, catalog, "listed")) == want
+    as_times = catalog.assign(listed=pd.to_datetime(catalog["listed"], unit="s", utc=True))
+    assert sorted(unsold(prepared, as_times, "listed")) == want
+    with pytest.raises(DataError, match="no listing-time column 'since'"):
+        unsold(prepared, catalog, "since")
+    with pytest.raises(DataError, match="1 product"):
+        unsold(prepared, catalog.assign(listed=[None, *catalog["listed"][1:]]), "listed")

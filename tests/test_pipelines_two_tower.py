@@ -21,7 +21,7 @@ from pipelines.tracking import tracking_uri
 from pipelines.train_two_tower import TrainTwoTowerConfig, run
 from twotower.data import PrepareConfig, prepare
 from twotower.files import DataError
-from twotower.inputs import load_training
+from twotower.inputs import load_training, unsold
 from twotower.synthetic import ShopConfig, make_shop
 from twotower.towers import TowerConfig
 from twotower.train import TrainConfig
@@ -54,7 +54,7 @@ def test_stage_trains_exports_and_tracks_the_model(shop, tmp_path):
     cfg = TrainTwoTowerConfig(run_dir=str(run_dir), name="image",
                               embeddings=str(shop / "embeddings.parquet"),
                               catalog=str(shop / "catalog.parquet"), attributes=("category",),
-                              device="cpu", train=TRAIN)
+                              listed_at="release_time", device="cpu", train=TRAIN)
     summary = run(cfg)
 
     out = run_dir / "train_two_tower" / "image"
@@ -65,6 +65,10 @@ def test_stage_trains_exports_and_tracks_the_model(shop, tmp_path):
     assert len(history) == summary["epochs"] == 2 and 1 <= summary["best_epoch"] <= 2
     items = read_vectors(out / "item_vectors.parquet")
     assert items.metadata["embeddings"] == str(shop / "embeddings.parquet")
+    catalog = pd.read_parquet(shop / "catalog.parquet", columns=["item_id", "release_time"])
+    left_out = set(unsold(run_dir / "prepare", catalog, "release_time"))
+    assert left_out and summary["unsold_left_out"] == len(left_out)  # every unsold product,
+    assert set(items.ids) == set(catalog["item_id"]) - left_out  # and only those
     assert json.loads((out / "config.json").read_text())["train"]["checkpoint_dir"] == str(out)
 
     client = MlflowClient(tracking_uri(run_dir))
@@ -132,6 +136,8 @@ def test_a_catalog_without_the_attribute_column_is_named_and_nothing_is_written(
     with pytest.raises(DataError, match=r"catalog\.parquet, column 'brand': missing column"):
         run(cfg)
     assert not (tmp_path / "train_two_tower").exists()
+    with pytest.raises(ValueError, match="listed_at 'release_time' needs --catalog"):
+        TrainTwoTowerConfig(listed_at="release_time")
 
 
 def test_command_line_reaches_the_nested_train_and_tower_fields():

@@ -6,7 +6,7 @@ vectors Parquet files that `ItemIndex` and `evaluate_retrieval` read.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +48,13 @@ def export_vectors(
     max_history: int,
     splits: Sequence[str] = ("valid", "test"),
     metadata: Mapping[str, Any] | None = None,
+    leave_out: Collection[str] = (),
 ) -> dict[str, Path]:
     """Write the model's vectors for `ItemIndex` and `evaluate_retrieval`, atomically each.
 
-        item_vectors.parquet        every item of the model (item_id): the prepared items,
-                                    then any new products it was given (`fit(new_products=)`)
+        item_vectors.parquet        every item of the model (item_id) but those in `leave_out`:
+                                    the prepared items, then any new products it was given
+                                    (`fit(new_products=)`)
         user_vectors.parquet        every user from their whole training history (serving)
         user_vectors_<split>.parquet  the split's query users from their history before it
     """
@@ -65,7 +67,9 @@ def export_vectors(
         items = pd.read_parquet(Path(prepared) / "items.parquet",
                                 columns=["item_id", "item_index"])
         item_ids = items.sort_values("item_index")["item_id"].astype(str).to_numpy()
-    paths = {"items": write_vectors(item_ids, model.item_vectors().float().cpu().numpy(),
+    kept = ~np.isin(np.asarray(item_ids, dtype=str), np.asarray(list(leave_out), dtype=str))
+    paths = {"items": write_vectors(np.asarray(item_ids)[kept],
+                                    model.item_vectors().float().cpu().numpy()[kept],
                                     out / "item_vectors.parquet", meta)}
     users = pd.read_parquet(Path(prepared) / "users.parquet", columns=["user_id", "user_index"])
     users = users.sort_values("user_index")
