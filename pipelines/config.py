@@ -149,7 +149,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str,
         except TypeError as err:
             raise TypeError(f"{cls.__name__}.{f.name} ({option}): {err}") from None
         required = default is dataclasses.MISSING  # then no "(default: ...)" in --help
-        parser.add_argument(option, dest=name, required=required, help=docs.get(f.name, ""),
+        help_text = docs.get(f.name, "").replace("%", "%%")  # argparse %-formats help
+        parser.add_argument(option, dest=name, required=required, help=help_text,
                             default=argparse.SUPPRESS if required else default, **form)
         if required:
             metavar = form.get("metavar", name.upper())

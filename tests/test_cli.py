@@ -118,6 +118,7 @@ def test_usage_help_and_unknown_stages(capsys):
     assert "\n  --config FILE.toml  " in out and "\n  --set KEY=VALUE     " in out
     assert "--train.epochs" in out and "Most passes over the training split" in out
     assert "--threads N" in out and "--debug" in out
+    assert re.search(r"\d%", out)  # a docstring's % is printed, not %-formatted
     with pytest.raises(SystemExit):
         cli.main(["prepare", "-h"])
     assert capsys.readouterr().out.startswith("usage: twotower prepare --source SOURCE [--config")
