@@ -93,7 +93,7 @@ def test_running_it_again_skips_every_stage_and_records_no_run(finished, capsys)
 
 def test_a_new_simclr_setting_redoes_only_the_stages_that_read_the_image_encoder(tmp_path):
     first = demo.main(["--run-dir", str(tmp_path), *TINY])
-    again = demo.main(["--run-dir", str(tmp_path), *TINY, "--pretrain.temperature", "0.2"])
+    again = demo.main(["--run-dir", str(tmp_path), *TINY, "--pretrain.temperature", "0.3"])
     assert again["ran"] == ["pretrain_vision", "embed_catalog", "probe_vision",
                             "train_two_tower/image", "build_index/image", "evaluate_retrieval",
                             "figures"]

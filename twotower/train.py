@@ -107,11 +107,13 @@ class TrainConfig:
     likelihood; logq and mixed_negatives do not apply); sampled: the batch's other positives
     (and mixed_negatives) with the logQ correction; auto: full up to FULL_SOFTMAX_ITEMS warm
     items, sampled above."""
-    content_loss: float = 1.0
+    content_loss: float = 3.0
     """Weight of a second loss term, the same softmax with every item's content-only vector
     (image h and attributes, no id: what a cold product gets) in place of its full one; 0
     trains the full vectors only, as DropoutNet does (`twotower.towers`). Ignored without
-    content inputs."""
+    content inputs. On the demo's three shops, weights 1, 3 and 10 gave cold recall@50 of
+    0.243 / 0.110 / 0.081, 0.174 / 0.153 / 0.129 and 0.131 / 0.163 / 0.190 at overall recall
+    0.357, 0.355 and 0.351 on average (benchmarks/README.md): 3 for the steadiest cold path."""
     content_prior: bool = True
     """In the content loss, add each item's log training popularity to its content-only logit,
     a fixed prior: the content vector then fits P(i | u) / pop(i), what a product's image and
@@ -119,8 +121,8 @@ class TrainConfig:
     that nothing about a new product reveals (popularity as a separate factor in training,
     left out in ranking: Zhang et al. 2021, "Causal Intervention for Leveraging Popularity
     Bias in Recommendation"). Cold recall@50 on the demo's three shops: 0.161 / 0.165 / 0.111
-    against 0.016 / 0.051 / 0.030 without (benchmarks/README.md). False: the content vector
-    fits popularity too."""
+    against 0.016 / 0.051 / 0.030 without, overall recall unchanged (benchmarks/README.md).
+    False: the content vector fits popularity too."""
     use_weights: bool = True
     """Weigh each training row's loss by its `weight` (the log's, times event weights: a
     purchase may count more than a view); False: every row counts once."""
