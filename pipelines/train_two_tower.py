@@ -99,6 +99,8 @@ def run(cfg: TrainTwoTowerConfig) -> dict[str, Any]:
         cfg = dataclasses.replace(cfg, train=train_cfg)
         embeddings = read_vectors(cfg.embeddings) if cfg.embeddings else None
         catalog = read_catalog(cfg.catalog, cfg.attributes) if cfg.attributes else None
+        left_out = (unsold(cfg.prepared_dir, read_catalog(cfg.catalog, [cfg.listed_at]),
+                           cfg.listed_at) if cfg.listed_at else [])  # fails before training
         tracking = (stage_run(f"{STAGE}/{cfg.name}", cfg, cfg.run_dir) if is_main()  # its folder
                     else contextlib.nullcontext())
         with tracking as tracker:
@@ -108,8 +110,6 @@ def run(cfg: TrainTwoTowerConfig) -> dict[str, Any]:
                          progress=is_main(), label=f"{STAGE}/{cfg.name}")
             if tracker is None:
                 return {"best_epoch": result.best_epoch}
-            left_out = (unsold(cfg.prepared_dir, read_catalog(cfg.catalog, [cfg.listed_at]),
-                               cfg.listed_at) if cfg.listed_at else [])
             paths = export_vectors(
                 result.model, cfg.prepared_dir, cfg.out_dir, max_history=cfg.train.max_history,
                 metadata={"checkpoint": str(cfg.out_dir / "model.pt"), "name": cfg.name,

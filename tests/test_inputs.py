@@ -133,3 +133,5 @@ def test_unsold_products_were_listed_by_the_training_end_and_never_bought(tmp_pa
         unsold(prepared, catalog, "since")
     with pytest.raises(DataError, match="1 product"):
         unsold(prepared, catalog.assign(listed=[None, *catalog["listed"][1:]]), "listed")
+    with pytest.raises(DataError, match=r"column 'listed'.*Unix seconds or timestamps"):
+        unsold(prepared, catalog.assign(listed="soon"), "listed")

@@ -138,6 +138,12 @@ def test_a_catalog_without_the_attribute_column_is_named_and_nothing_is_written(
     assert not (tmp_path / "train_two_tower").exists()
     with pytest.raises(ValueError, match="listed_at 'release_time' needs --catalog"):
         TrainTwoTowerConfig(listed_at="release_time")
+    cfg = TrainTwoTowerConfig(run_dir=str(tmp_path), prepared=str(shop / "run" / "prepare"),
+                              catalog=str(shop / "catalog.parquet"), listed_at="listed",
+                              device="cpu", train=TRAIN)
+    with pytest.raises(DataError, match=r"catalog\.parquet, column 'listed': missing column"):
+        run(cfg)  # before any training: nothing written
+    assert not (tmp_path / "train_two_tower").exists()
 
 
 def test_command_line_reaches_the_nested_train_and_tower_fields():
