@@ -9,16 +9,22 @@ scores, through `twotower.evaluate`, three rankings computed from the shop's gro
 
     oracle                     the true P(i | u) over the test window: the best any model does
     content oracle             P(i | u) with each cold product's popularity unknown and replaced
-                               by its expectation (the mean popularity), its category known:
-                               the optimum of expected recall for a model that knows everything
+                               by its posterior mean given what the log says of it: no sale in
+                               the training split over the time it was on sale (none for a
+                               product listed after the split); its category known: the
+                               optimum of expected recall for a model that knows everything
                                but a cold product's popularity
     content oracle, h kNN      the same, with the cold product's category known only as well
                                as its image h tells it: the vote of its 20 nearest products by h
-                               (probe_vision's kNN), as a posterior over categories
+                               (probe_vision's kNN), as a prior over categories
 
-beside the run's own image model (from its metrics.csv). The cold / warm ratio of the second
-row is the highest a model can reach without ranking a cold product above its expected worth
-(and so lowering overall recall); the third row is what image h allows.
+beside the run's own image model (from its metrics.csv). The second row ranks every product
+by its expected worth to the user given all the shop's truth but the cold products'
+popularity, so its cold / warm ratio is that of the optimum: a ranking with a higher one
+ranks cold products above their expected worth or warm ones below theirs, and finds fewer of
+the products users choose. The third row is the same for what image h knows. The posterior
+assumes Poisson sales (each event a thinned draw) and a product's popularity any of the
+catalog's, equally likely.
 
 With `--frontier`, what a higher cold / warm ratio costs: each ranking again with every cold
 product's score raised by a factor c (its log-score by log c; for the image model, its dot
@@ -46,8 +52,9 @@ from benchmarks.shop import test_window
 from pipelines.report import markdown
 from simclr_vision.evaluate import cross_knn_votes
 from simclr_vision.shop import build_shop
+from twotower.data import prepared_files
 from twotower.evaluate import EvalQueries, evaluate, load_queries
-from twotower.synthetic import ShopConfig
+from twotower.synthetic import Shop, ShopConfig
 from twotower.vectors import read_vectors
 
 
@@ -80,6 +87,48 @@ def _posterior(embeddings: Path, catalog: pd.DataFrame) -> np.ndarray:
     return out
 
 
+def sales_exposure(shop: Shop, train: pd.DataFrame) -> np.ndarray:
+    """(N, K) A[i, c]: the expected training-split sales of product i per unit of popularity,
+    were its category c: Σ over the split's events e of θ_u(e)[c] φ_u(e)[p_i] [r_i ≤ t_e] / Z_e,
+    Z_e being the event's normaliser Σ_j θ_u(e)[c_j] φ_u(e)[p_j] pop_j [r_j ≤ t_e]
+    (`twotower.synthetic.simulate`). With Poisson sales, a product of popularity v and
+    category c sells nothing in the split with probability exp(−v · A[i, c])."""
+    taste, pattern_taste = shop.user_tastes_category, shop.user_tastes_pattern
+    catalog = shop.catalog
+    category, pattern = catalog["category"].to_numpy(), catalog["pattern"].to_numpy()
+    release = catalog["release_time"].to_numpy()
+    popularity = catalog["popularity"].to_numpy()
+    users = pd.Index(shop.user_ids).get_indexer(train["user_id"])
+    times = train["timestamp"].to_numpy().astype("datetime64[s]").astype(np.int64)
+    order = np.argsort(times, kind="stable")
+    users, times = users[order], times[order]
+    num_patterns = pattern_taste.shape[1]
+    mass = np.zeros((len(times), taste.shape[1] * num_patterns))  # (E, G) released popularity
+    for cell in range(mass.shape[1]):
+        members = np.flatnonzero(category * num_patterns + pattern == cell)
+        by_release = members[np.argsort(release[members])]
+        cumulative = np.concatenate([[0.0], np.cumsum(popularity[by_release])])
+        mass[:, cell] = cumulative[np.searchsorted(release[by_release], times, side="right")]
+    cell_weight = (taste[users][:, :, None] * pattern_taste[users][:, None, :]).reshape(mass.shape)
+    share = cell_weight / (cell_weight * mass).sum(axis=1, keepdims=True)  # (E, G) θφ / Z_e
+    after = np.concatenate([np.cumsum(share[::-1], axis=0)[::-1], np.zeros((1, mass.shape[1]))])
+    first = np.searchsorted(times, release, side="left")  # each product's first event on sale
+    by_cell = after[first].reshape(len(catalog), taste.shape[1], num_patterns)  # (N, K, P)
+    return by_cell[np.arange(len(catalog)), :, pattern]
+
+
+def posterior_weights(exposure: np.ndarray, known: np.ndarray,
+                      popularity: np.ndarray) -> np.ndarray:
+    """(N, K) E[[c_i = c] · pop_i | no sale in the split] over (category, popularity), the
+    prior being `known` (N, K) on the category and the catalog's popularities, equally likely,
+    on pop_i: what a user of taste θ expects of product i is θ · row i. Exact under the
+    Poisson sales of `sales_exposure`."""
+    likelihood = np.exp(-exposure[:, :, None] * popularity[None, None, :])  # (N, K, V)
+    first = (likelihood * popularity).mean(axis=2) * known  # (N, K)
+    evidence = (likelihood.mean(axis=2) * known).sum(axis=1, keepdims=True)  # (N, 1)
+    return first / evidence
+
+
 def rankings(run: Path) -> tuple[EvalQueries, dict[str, np.ndarray]]:
     """The test queries and (U, I) log-scores, in item_index order, of the three rankings from
     the shop's truth and of the run's two-tower models (their dot products)."""
@@ -102,8 +151,14 @@ def rankings(run: Path) -> tuple[EvalQueries, dict[str, np.ndarray]]:
     times = test_window(run / "prepare")
     exact = taste[:, category] * pattern * popularity  # the shop's choice weights
     scores = {"oracle": shop_scores(exact, release, times)[:, columns]}
+    files = prepared_files(run / "prepare", "train", "users")
+    train = pd.read_parquet(files["train"], columns=["user_index", "timestamp"]).merge(
+        pd.read_parquet(files["users"], columns=["user_index", "user_id"]), on="user_index")
+    exposure = sales_exposure(shop, train)[cold]
     for name, known in knowledge.items():
-        weights = np.where(cold, (taste @ known.T) * pattern * popularity.mean(), exact)
+        weights = exact.copy()
+        weights[:, cold] = (taste @ posterior_weights(exposure, known[cold], popularity).T
+                            * pattern[:, cold])
         scores[name] = shop_scores(weights, release, times)[:, columns]
     scores = {name: np.log(np.maximum(value, 1e-300)) for name, value in scores.items()}
     for model in ("id_only", "image"):
