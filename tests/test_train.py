@@ -149,8 +149,9 @@ def test_learned_temperature_moves_and_stays_in_range(shop_dir):
     assert all(0.01 - 1e-6 <= t <= 1.0 + 1e-6 for t in taus)
 
 
-def test_kill_and_resume_equals_an_uninterrupted_run(shop_dir, tmp_path):
-    cfg = dataclasses.replace(TINY, epochs=3, mixed_negatives=4, logq="streaming",
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_kill_and_resume_equals_an_uninterrupted_run(shop_dir, tmp_path, ema):
+    cfg = dataclasses.replace(TINY, epochs=3, mixed_negatives=4, logq="streaming", ema=ema,
                               tower=dataclasses.replace(TOWER, id_dropout=0.2),
                               checkpoint_dir=str(tmp_path / "straight"))
     straight = fit(shop_dir / "prepare", cfg, progress=False)
@@ -173,6 +174,32 @@ def test_kill_and_resume_equals_an_uninterrupted_run(shop_dir, tmp_path):
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("validated", [True, False])
+def test_ema_gives_the_moving_average_of_the_weights_after_every_step(shop_dir, monkeypatch,
+                                                                        validated):
+    steps, real = [], torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        steps.append([p.detach().clone() for p in self.param_groups[0]["params"]])
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    if not validated:
+        monkeypatch.setattr(train_module, "validation_queries", lambda *a: None)
+    decay = 0.8
+    result = fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=1, ema=decay),
+                 progress=False)
+    average = steps[0]
+    for weights in steps[1:]:
+        average = [decay * a + (1 - decay) * w for a, w in zip(average, weights, strict=True)]
+    got = list(result.model.parameters())
+    assert len(steps) > 3 and len(got) == len(average)
+    for a, g in zip(average, got, strict=True):
+        torch.testing.assert_close(g, a, rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(g, last) for g, last in zip(got, steps[-1], strict=True))
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(shop_dir, tmp_path):
@@ -209,6 +236,9 @@ def test_bad_configs_are_refused():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="content_loss must be"):
         TrainConfig(content_loss=-1.0)
+    for ema in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"ema must be in \[0, 1\)"):
+            TrainConfig(ema=ema)
 
 
 def test_exported_vectors_match_the_model(shop_dir, tmp_path):
