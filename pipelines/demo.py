@@ -87,7 +87,7 @@ class DemoConfig:
     shop: ShopConfig = field(default_factory=ShopConfig)
     """The synthetic shop's catalog, shoppers and log."""
     pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
-        arch="resnet_narrow", image_size=28, epochs=15, batch_size=128, temperature=0.2,
+        arch="resnet_narrow", image_size=28, epochs=20, batch_size=128, temperature=0.2,
         min_crop=0.3, knn_every=0))
     """SimCLR pretraining; the narrow ResNet trains in about two minutes on two CPU cores. τ 0.2,
     batch 128 and crops of at least 30% of the photo: the settings whose h knows the category
