@@ -177,8 +177,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(shop_dir, tmp_path, ema):
 
 
 @pytest.mark.parametrize("validated", [True, False])
-def test_ema_gives_the_moving_average_of_the_weights_after_every_step(shop_dir, monkeypatch,
-                                                                        validated):
+def test_ema_gives_the_debiased_moving_average_of_the_weights_after_every_step(
+        shop_dir, monkeypatch, validated):
     steps, real = [], torch.optim.AdamW.step
 
     def step(self, *args, **kwargs):
@@ -192,9 +192,10 @@ def test_ema_gives_the_moving_average_of_the_weights_after_every_step(shop_dir, 
     decay = 0.8
     result = fit(shop_dir / "prepare", dataclasses.replace(TINY, epochs=1, ema=decay),
                  progress=False)
-    average = steps[0]
-    for weights in steps[1:]:
-        average = [decay * a + (1 - decay) * w for a, w in zip(average, weights, strict=True)]
+    n = len(steps)
+    share = [decay ** (n - 1 - k) for k in range(n)]  # step k's weight, before normalising
+    average = [sum(s * w[j] for s, w in zip(share, steps, strict=True)) / sum(share)
+               for j in range(len(steps[0]))]
     got = list(result.model.parameters())
     assert len(steps) > 3 and len(got) == len(average)
     for a, g in zip(average, got, strict=True):
